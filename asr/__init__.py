@@ -1,0 +1,1 @@
+"""Offline Whisper transcription with lossless speculative decoding."""

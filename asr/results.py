@@ -1,0 +1,42 @@
+"""Result objects shared by the library, the writers, the CLI and the app."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Segment:
+    """One transcribed span. Times in seconds from the start of the audio; `tokens` are text tokens only."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass
+class TranscriptionResult:
+    """What `transcribe()` returns once every segment is produced.
+
+    `stats` holds timings (seconds) and decoding figures; speculative decoding adds its own keys to it.
+    """
+
+    text: str
+    language: str
+    segments: list[Segment]
+    duration_s: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "language": self.language,
+            "duration_s": self.duration_s,
+            "segments": [asdict(s) for s in self.segments],
+            "stats": self.stats,
+        }
