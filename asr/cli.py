@@ -1,0 +1,262 @@
+"""The `asr` command: the only module in asr/ that prints.
+
+stdout carries transcripts only; progress, per-file reports and figures go to stderr. Every failure is
+one line, never a traceback (unless --verbose), and the exit status is non-zero if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import BUNDLED, DEFAULT_MODEL
+    from .writers import FORMATS
+
+    parser = argparse.ArgumentParser(prog="asr", description="Offline Whisper transcription.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tr = commands.add_parser(
+        "transcribe",
+        help="transcribe audio files or folders",
+        description="Transcribe audio files, or every audio file under folders. The transcript of a single "
+        "file goes to stdout; with --output-dir each input also gets output files, named after it.",
+    )
+    tr.add_argument("paths", nargs="+", type=Path, help="audio files and/or folders")
+    tr.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled ({', '.join(BUNDLED)}), HF id or dir")
+    tr.add_argument("--language", default=None, help="language code, e.g. en, de (default: detect)")
+    tr.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
+    tr.add_argument("--output-dir", type=Path, default=None, help="write output files here (mirrors folders)")
+    tr.add_argument(
+        "--format", default="all", help=f"output formats: {', '.join(FORMATS)}, a comma list, or all"
+    )
+    tr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    tr.add_argument("--overwrite", action="store_true", help="redo files whose outputs already exist")
+    tr.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
+    tr.add_argument(
+        "--no-condition-on-previous-text",
+        action="store_true",
+        help="do not prompt each 30-s window with the text before it",
+    )
+    tr.add_argument("--max-duration", type=float, default=None, help="refuse audio longer than this (s)")
+    tr.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+
+    commands.add_parser("models", help="list model names and whether each is available on this machine")
+    return parser
+
+
+@dataclass
+class Job:
+    """One input file and where its outputs go (None: stdout only)."""
+
+    path: Path
+    stem: Path | None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="asr: %(message)s", stream=sys.stderr
+    )
+    try:
+        if args.command == "models":
+            return _models()
+        return _transcribe(args)
+    except KeyboardInterrupt:
+        _err("interrupted; finished outputs are kept: run the same command again to resume")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        from .errors import AsrError
+
+        if args.verbose:
+            raise
+        if isinstance(exc, AsrError):
+            _err(f"error: {exc}")
+            return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
+        _err(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for details)")
+        return EXIT_FAILED
+
+
+def _err(message: str) -> None:
+    print(f"asr: {message}", file=sys.stderr, flush=True)
+
+
+def _models() -> int:
+    from .models import list_models
+
+    for info in list_models():
+        mark = "available" if info.available else "missing"
+        print(f"{info.name:34s} {info.kind:12s} {mark:10s} {info.detail}")
+    return EXIT_OK
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from .audio import DEFAULT_MAX_DURATION_S
+    from .decoding import DecodingOptions
+    from .errors import InvalidOptionError
+    from .transcribe import TranscribeOptions
+    from .writers import resolve_formats
+
+    formats = resolve_formats(args.format)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidOptionError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.max_duration is not None and args.max_duration <= 0:
+        raise InvalidOptionError(f"--max-duration must be > 0 seconds, got {args.max_duration}")
+    options = DecodingOptions(
+        task=args.task,
+        language=None if args.language in (None, "auto") else args.language,
+        timestamps=not args.no_timestamps,
+    )
+    transcribe_options = TranscribeOptions(
+        condition_on_previous_text=not args.no_condition_on_previous_text,
+        max_duration_s=args.max_duration or DEFAULT_MAX_DURATION_S,
+    )
+    jobs, problems = _plan(args.paths, args.output_dir)
+    single = len(args.paths) == 1 and len(jobs) == 1 and not args.paths[0].is_dir()
+    if not single and args.output_dir is None:
+        raise InvalidOptionError("--output-dir is required to transcribe a folder or several files")
+    for path, reason in problems:
+        _err(f"{path}: {reason}")
+    if not jobs:
+        if not problems:
+            _err("no audio files found")
+        return EXIT_FAILED
+
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device)
+    if model.tokenizer.multilingual is False and options.language not in (None, "en"):
+        raise InvalidOptionError(f"model {args.model!r} is English-only; --language must be en or auto")
+    if single:
+        return _run_single(model, jobs[0], options, transcribe_options, formats, args.overwrite, problems)
+    return _run_batch(model, jobs, options, transcribe_options, formats, args.overwrite, problems)
+
+
+def _plan(paths: Sequence[Path], output_dir: Path | None) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Expand folders into audio files and give each its output stem, mirrored under output_dir."""
+    from .audio import AUDIO_EXTENSIONS
+    from .writers import safe_output_stem
+
+    found: list[tuple[Path, Path]] = []  # (file, path relative to its root)
+    problems: list[tuple[Path, str]] = []
+    for path in paths:
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            found.extend((f, f.relative_to(path)) for f in files)
+        elif path.exists() or path.is_symlink():
+            found.append((path, Path(path.name)))
+        else:
+            problems.append((path, "no such file or directory"))
+    jobs: list[Job] = []
+    if output_dir is None:
+        return [Job(f, None) for f, _ in found], problems
+    stems: dict[Path, int] = {}
+    for _, rel in found:
+        stems[rel.with_suffix("")] = stems.get(rel.with_suffix(""), 0) + 1
+    taken: set[Path] = set()
+    for file, rel in found:
+        # a.wav and a.flac side by side keep their suffix so neither overwrites the other's outputs
+        unique = rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel
+        stem = safe_output_stem(output_dir, unique.with_name(unique.name + ".x"))
+        if stem in taken:
+            problems.append((file, f"another input already writes to {stem}.*; skipped"))
+            continue
+        taken.add(stem)
+        jobs.append(Job(file, stem))
+    return jobs, problems
+
+
+def _outputs_done(stem: Path, formats: Sequence[str]) -> bool:
+    from .writers import output_paths
+
+    return all(p.is_file() for p in output_paths(stem, formats).values())
+
+
+def _summary_line(name: str, stats: dict, duration_s: float) -> str:
+    times = stats["time_s"]
+    return (
+        f"{name}: {duration_s:.1f} s of audio in {times['total']:.2f} s "
+        f"(encoder {times['encoder']:.2f} s, decode {times['decode']:.2f} s); "
+        f"{stats['n_tokens']} tokens, {stats['tokens_per_s']:.0f} tokens/s; "
+        f"target {stats['target']} ({stats['dtype']}, {stats['device']}), draft {stats['draft']}"
+    )
+
+
+def _run_single(model, job, options, transcribe_options, formats, overwrite, problems) -> int:
+    from .transcribe import transcribe
+    from .writers import write_result
+
+    if job.stem is not None and not overwrite and _outputs_done(job.stem, formats):
+        _err(f"{job.path}: outputs exist in {job.stem.parent} (use --overwrite to redo)")
+        return EXIT_FAILED if problems else EXIT_OK
+    result = transcribe(model, job.path, options, transcribe_options)
+    print(result.text, flush=True)
+    if job.stem is not None:
+        write_result(result, job.stem, formats)
+    _err(_summary_line(str(job.path), result.stats, result.duration_s))
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _run_batch(model, jobs, options, transcribe_options, formats, overwrite, problems) -> int:
+    from tqdm import tqdm
+
+    from .audio import audio_duration
+    from .errors import AsrError
+    from .transcribe import transcribe
+    from .writers import write_result
+
+    durations = {}
+    for job in jobs:
+        try:
+            durations[job.path] = audio_duration(job.path)
+        except AsrError:
+            durations[job.path] = 0.0  # reported when its turn comes
+    n_done = n_skipped = 0
+    failed: list[tuple[Path, str]] = list(problems)
+    started = time.perf_counter()
+    bar = tqdm(total=round(sum(durations.values()), 1), unit="s audio", file=sys.stderr, dynamic_ncols=True)
+    with bar:
+        for index, job in enumerate(jobs, 1):
+            bar.set_postfix_str(f"file {index}/{len(jobs)}")
+            if not overwrite and _outputs_done(job.stem, formats):
+                n_skipped += 1
+                bar.write(f"asr: skip {job.path}: outputs exist")
+            else:
+                try:
+                    result = transcribe(model, job.path, options, transcribe_options)
+                    write_result(result, job.stem, formats)
+                    n_done += 1
+                    bar.write(f"asr: ok {_summary_line(str(job.path), result.stats, result.duration_s)}")
+                except AsrError as exc:
+                    failed.append((job.path, str(exc)))
+                    bar.write(f"asr: FAILED {exc}")
+                except Exception as exc:  # one broken file must not stop the batch
+                    failed.append((job.path, f"internal error: {type(exc).__name__}: {exc}"))
+                    bar.write(f"asr: FAILED {job.path}: internal error: {type(exc).__name__}: {exc}")
+            bar.update(round(durations[job.path], 1))
+    elapsed = time.perf_counter() - started
+    _err(
+        f"{len(jobs) + len(problems)} files: {n_done} transcribed, {n_skipped} skipped (outputs exist), "
+        f"{len(failed)} failed; {sum(durations.values()):.1f} s of audio in {elapsed:.1f} s"
+    )
+    for path, reason in failed:
+        _err(f"failed: {reason if reason.startswith(str(path)) else f'{path}: {reason}'}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

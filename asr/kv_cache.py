@@ -1,0 +1,67 @@
+"""The decoder's KV cache: the only mutable decoding state.
+
+Static and position-indexed (the idea of gpt-fast's KVCache): buffers are allocated once for the whole text
+context, a forward pass writes the keys/values of its new positions at [length, length + n_new), and
+`length` says how much is valid. So rolling back rejected speculative tokens is free (`crop`), and beam
+search reorders rows in place (`reorder`). Cross-attention keys/values depend only on the audio, so they
+are computed once per window and shared by every row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Self-attention keys/values for `n_batch` rows, plus the window's cross-attention keys/values.
+
+    self_k, self_v: shape = (n_layer, n_batch, n_head, n_ctx, d_head)
+    cross_k[i], cross_v[i]: shape = (n_audio, n_head, n_audio_ctx, d_head), n_audio is 1 or n_batch
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        n_batch: int,
+        n_head: int,
+        d_head: int,
+        n_ctx: int,
+        cross_k: list[torch.Tensor],
+        cross_v: list[torch.Tensor],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (n_layer, n_batch, n_head, n_ctx, d_head)
+        self.self_k = torch.zeros(shape, dtype=dtype, device=device)
+        self.self_v = torch.zeros(shape, dtype=dtype, device=device)
+        self.cross_k = cross_k
+        self.cross_v = cross_v
+        self.n_batch = n_batch
+        self.n_ctx = n_ctx
+        self.length = 0
+
+    def crop(self, length: int) -> None:
+        """Forget every position at or after `length` (speculative rollback). O(1): nothing is copied."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a cache of length {self.length} to {length}")
+        self.length = length
+
+    def reorder(self, beam_indices: torch.Tensor) -> None:
+        """Row i becomes old row beam_indices[i] (beam search). shape(beam_indices) = (n_batch,)."""
+        if beam_indices.shape != (self.n_batch,):
+            raise ValueError(f"reorder needs {self.n_batch} indices, got shape {tuple(beam_indices.shape)}")
+        idx = beam_indices.to(self.self_k.device)
+        n = self.length
+        self.self_k[:, :, :, :n] = self.self_k[:, idx, :, :n]
+        self.self_v[:, :, :, :n] = self.self_v[:, idx, :, :n]
+        for i, (k, v) in enumerate(zip(self.cross_k, self.cross_v)):
+            if k.shape[0] > 1:  # a shared (n_audio = 1) cross cache needs no reordering
+                self.cross_k[i], self.cross_v[i] = k[idx], v[idx]
+
+    def reserve(self, n_new: int) -> tuple[int, int]:
+        """Claim positions for `n_new` tokens; returns (start, end) and advances `length` to end."""
+        start, end = self.length, self.length + n_new
+        if end > self.n_ctx:
+            raise ValueError(f"text context overflow: {end} positions > n_ctx {self.n_ctx}")
+        self.length = end
+        return start, end

@@ -1,0 +1,219 @@
+"""Whisper as lean PyTorch modules: fused projections, a static KV cache, no per-step bookkeeping.
+
+Weights come from the bundled CTranslate2 files (asr/weights.py) or from a transformers checkpoint
+(asr/models.py maps its names onto these). The math is Whisper's: pre-norm residual blocks, exact GELU,
+sinusoidal encoder positions and learned decoder positions, a vocabulary head tied to the token embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    n_mels: int
+    n_audio_ctx: int
+    n_audio_state: int
+    n_audio_head: int
+    n_audio_layer: int
+    n_vocab: int
+    n_text_ctx: int
+    n_text_state: int
+    n_text_head: int
+    n_text_layer: int
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, Tensor]) -> ModelDims:
+        def count(prefix: str) -> int:
+            return len({k.split(".")[2] for k in sd if k.startswith(prefix)})
+
+        return cls(
+            n_mels=sd["encoder.conv1.weight"].shape[1],
+            n_audio_ctx=sd["encoder.positional_embedding"].shape[0],
+            n_audio_state=sd["encoder.positional_embedding"].shape[1],
+            n_audio_head=int(sd["encoder.n_head"]),
+            n_audio_layer=count("encoder.blocks."),
+            n_vocab=sd["decoder.token_embedding.weight"].shape[0],
+            n_text_ctx=sd["decoder.positional_embedding"].shape[0],
+            n_text_state=sd["decoder.positional_embedding"].shape[1],
+            n_text_head=int(sd["decoder.n_head"]),
+            n_text_layer=count("decoder.blocks."),
+        )
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(d, 3 * d)  # fused q, k, v
+        self.out = nn.Linear(d, d)
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n_batch, n_ctx, d = x.shape
+        qkv = self.qkv(x).view(n_batch, n_ctx, 3, self.n_head, d // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (n_batch, n_head, n_ctx, d_head)
+        return q, k, v
+
+    def merge(self, x: Tensor) -> Tensor:
+        n_batch, _, n_ctx, _ = x.shape
+        return self.out(x.transpose(1, 2).reshape(n_batch, n_ctx, -1))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.attn_ln = nn.LayerNorm(d)
+        self.attn = SelfAttention(d, n_head)
+        self.mlp_ln = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.attn.split(self.attn_ln(x))
+        x = x + self.attn.merge(F.scaled_dot_product_attention(q, k, v))
+        return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, dims: ModelDims) -> None:
+        super().__init__()
+        d = dims.n_audio_state
+        self.n_head = dims.n_audio_head
+        self.conv1 = nn.Conv1d(dims.n_mels, d, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", torch.zeros(dims.n_audio_ctx, d))
+        self.blocks = nn.ModuleList(EncoderBlock(d, dims.n_audio_head) for _ in range(dims.n_audio_layer))
+        self.ln_post = nn.LayerNorm(d)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """mel: shape = (n_audio, n_mels, 2 * n_audio_ctx) -> shape = (n_audio, n_audio_ctx, d)."""
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        x = x + self.positional_embedding[: x.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_post(x)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)  # fused k, v (Whisper's k has no bias: zero here)
+        self.out = nn.Linear(d, d)
+
+    def project_audio(self, audio_features: Tensor) -> tuple[Tensor, Tensor]:
+        n_audio, n_ctx, d = audio_features.shape
+        kv = self.kv(audio_features).view(n_audio, n_ctx, 2, self.n_head, d // self.n_head)
+        k, v = kv.permute(2, 0, 3, 1, 4)
+        return k.contiguous(), v.contiguous()
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.attn_ln = nn.LayerNorm(d)
+        self.attn = SelfAttention(d, n_head)
+        self.cross_attn_ln = nn.LayerNorm(d)
+        self.cross_attn = CrossAttention(d, n_head)
+        self.mlp_ln = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def forward(
+        self, x: Tensor, cache: KVCache, layer: int, start: int, end: int, mask: Tensor | None
+    ) -> Tensor:
+        n_batch = x.shape[0]
+        q, k, v = self.attn.split(self.attn_ln(x))
+        cache.self_k[layer, :n_batch, :, start:end] = k
+        cache.self_v[layer, :n_batch, :, start:end] = v
+        keys = cache.self_k[layer, :n_batch, :, :end]
+        values = cache.self_v[layer, :n_batch, :, :end]
+        x = x + self.attn.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+
+        q = self.cross_attn.q(self.cross_attn_ln(x))
+        q = q.view(n_batch, -1, self.cross_attn.n_head, q.shape[-1] // self.cross_attn.n_head).transpose(1, 2)
+        ck, cv = cache.cross_k[layer], cache.cross_v[layer]
+        if ck.shape[0] != n_batch:
+            ck, cv = ck.expand(n_batch, -1, -1, -1), cv.expand(n_batch, -1, -1, -1)
+        x = x + self.cross_attn.out(
+            F.scaled_dot_product_attention(q, ck, cv).transpose(1, 2).reshape(x.shape)
+        )
+        return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, dims: ModelDims) -> None:
+        super().__init__()
+        d = dims.n_text_state
+        self.dims = dims
+        self.token_embedding = nn.Embedding(dims.n_vocab, d)
+        self.positional_embedding = nn.Parameter(torch.zeros(dims.n_text_ctx, d))
+        self.blocks = nn.ModuleList(DecoderBlock(d, dims.n_text_head) for _ in range(dims.n_text_layer))
+        self.ln = nn.LayerNorm(d)
+
+    def new_cache(self, audio_features: Tensor, n_batch: int) -> KVCache:
+        """A cache for `n_batch` rows decoding against `audio_features` (shape = (1 or n_batch, n_ctx, d))."""
+        cross = [block.cross_attn.project_audio(audio_features) for block in self.blocks]
+        dims = self.dims
+        weight = self.token_embedding.weight
+        return KVCache(
+            n_layer=dims.n_text_layer,
+            n_batch=n_batch,
+            n_head=dims.n_text_head,
+            d_head=dims.n_text_state // dims.n_text_head,
+            n_ctx=dims.n_text_ctx,
+            cross_k=[k for k, _ in cross],
+            cross_v=[v for _, v in cross],
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
+    def forward(self, tokens: Tensor, cache: KVCache, mask: Tensor | None = None) -> Tensor:
+        """Logits for every new position, appending their keys/values to the cache.
+
+        tokens: shape = (n_batch, n_new), the positions after cache.length.
+        mask: optional boolean attention mask, shape = (n_new, cache.length + n_new); default causal.
+        returns: shape = (n_batch, n_new, n_vocab), float32.
+        """
+        n_new = tokens.shape[1]
+        start, end = cache.reserve(n_new)
+        if mask is None and n_new > 1:
+            mask = causal_mask(start, n_new, tokens.device)
+        x = self.token_embedding(tokens) + self.positional_embedding[start:end]
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer, start, end, mask)
+        x = self.ln(x)
+        return (x @ self.token_embedding.weight.T).float()
+
+
+def causal_mask(start: int, n_new: int, device: torch.device) -> Tensor:
+    """shape = (n_new, start + n_new): new position i sees every cached position and new ones up to i."""
+    cols = torch.arange(start + n_new, device=device)
+    rows = torch.arange(start, start + n_new, device=device)
+    return cols[None, :] <= rows[:, None]
+
+
+class Whisper(nn.Module):
+    def __init__(self, dims: ModelDims) -> None:
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(dims)
+        self.decoder = TextDecoder(dims)
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, Tensor], device: str | torch.device, dtype: torch.dtype) -> Whisper:
+        dims = ModelDims.from_state_dict(sd)
+        with torch.device("meta"):
+            model = cls(dims)
+        weights = {k: v for k, v in sd.items() if not k.endswith(".n_head")}
+        model.load_state_dict(weights, strict=True, assign=True)
+        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -1,0 +1,250 @@
+"""Transcribe whole recordings: 30-s windows, seeking by predicted timestamps, language detection.
+
+Long-form follows openai/whisper's transcriber: the audio's log-mel is padded with 30 s of silence, each
+window is decoded, complete segments (closed by a timestamp pair) are kept and the next window starts at
+the last complete segment's end, so a word cut by a window edge is decoded again whole in the next
+window rather than lost or repeated. Without timestamps, windows are simply consecutive.
+
+Results stream (the idea of faster-whisper's transcribe): `transcribe_stream` yields segments as each
+window is decoded, so the CLI and the app can show progress; `transcribe` collects them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .audio import (
+    DEFAULT_MAX_DURATION_S,
+    HOP_LENGTH,
+    N_FRAMES,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    TIME_PRECISION,
+    load_audio,
+    log_mel_spectrogram,
+    pad_or_trim,
+)
+from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
+from .errors import InvalidOptionError
+from .models import LoadedModel
+from .results import Segment, TranscriptionResult
+
+INPUT_STRIDE = N_FRAMES // 1500  # mel frames per encoder position (2): converts timestamps to frames
+
+
+@dataclass
+class TranscriptionInfo:
+    """Known before the first segment (language, duration); `stats` is complete once segments are exhausted."""
+
+    language: str
+    language_probability: float
+    duration_s: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Long-form behaviour around per-window decoding."""
+
+    condition_on_previous_text: bool = True  # prompt each window with the text so far
+    no_speech_threshold: float | None = 0.6  # skip a window whose P(no speech) is above this...
+    logprob_threshold: float | None = -1.0  # ...unless its average log-probability is above this
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S
+
+
+def transcribe(
+    model: LoadedModel,
+    audio: str | os.PathLike | bytes | np.ndarray,
+    options: DecodingOptions | None = None,
+    transcribe_options: TranscribeOptions | None = None,
+    **option_overrides: Any,
+) -> TranscriptionResult:
+    """Transcribe one recording (path, encoded bytes, or float samples at 16 kHz) to text and segments.
+
+    Keyword overrides set DecodingOptions fields, e.g. `transcribe(model, "a.wav", language="de")`.
+    """
+    info, segments = transcribe_stream(model, audio, options, transcribe_options, **option_overrides)
+    collected = list(segments)
+    return TranscriptionResult(
+        text="".join(s.text for s in collected).strip(),
+        language=info.language,
+        segments=collected,
+        duration_s=info.duration_s,
+        stats=info.stats,
+    )
+
+
+def transcribe_stream(
+    model: LoadedModel,
+    audio: str | os.PathLike | bytes | np.ndarray,
+    options: DecodingOptions | None = None,
+    transcribe_options: TranscribeOptions | None = None,
+    **option_overrides: Any,
+) -> tuple[TranscriptionInfo, Iterator[Segment]]:
+    """Like `transcribe`, but returns at once with the info and an iterator producing segments."""
+    options = replace(options or DecodingOptions(), **option_overrides)
+    transcribe_options = transcribe_options or TranscribeOptions()
+    tokenizer = model.tokenizer
+    if options.language is not None and options.language not in tokenizer.languages:
+        raise InvalidOptionError(
+            f"language {options.language!r} is not supported by {model.name!r}; "
+            f"allowed: {', '.join(tokenizer.languages)}"
+        )
+    t_start = time.perf_counter()
+    samples = load_audio(audio, max_duration_s=transcribe_options.max_duration_s)
+    t_loaded = time.perf_counter()
+    mel = log_mel_spectrogram(samples, model.dims.n_mels, padding=N_SAMPLES, device=model.device)
+    t_mel = time.perf_counter()
+    duration_s = len(samples) / SAMPLE_RATE
+
+    stats: dict[str, Any] = {
+        "target": model.name,
+        "draft": "none",
+        "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "n_windows": 0,
+        "n_tokens": 0,
+        "target_passes": 0,
+        "time_s": {"load_audio": t_loaded - t_start, "mel": t_mel - t_loaded, "encoder": 0.0, "decode": 0.0},
+    }
+    first_features = None
+    language, language_probability = options.language, 1.0
+    if language is None:
+        if tokenizer.multilingual:
+            first_features = _encode(model, pad_or_trim(mel, N_FRAMES), stats)
+            language, probs = detect_language(model, first_features)
+            language_probability = probs[language]
+        else:
+            language = "en"
+    info = TranscriptionInfo(language, language_probability, duration_s, stats)
+    window_options = replace(options, language=language)
+    segments = _segments(model, mel, window_options, transcribe_options, info, first_features, t_start)
+    return info, segments
+
+
+def _encode(model: LoadedModel, mel_window: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        features = model.model.encoder(mel_window.unsqueeze(0).to(model.dtype))
+    stats["time_s"]["encoder"] += time.perf_counter() - start
+    return features
+
+
+def _segments(
+    model: LoadedModel,
+    mel: torch.Tensor,
+    options: DecodingOptions,
+    transcribe_options: TranscribeOptions,
+    info: TranscriptionInfo,
+    first_features: torch.Tensor | None,
+    t_start: float,
+) -> Iterator[Segment]:
+    tokenizer = model.tokenizer
+    stats = info.stats
+    content_frames = mel.shape[-1] - N_FRAMES
+    seek = 0
+    all_tokens: list[int] = []
+    next_id = 0
+    while seek < content_frames:
+        time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+        segment_size = min(N_FRAMES, content_frames - seek)
+        segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+        if seek == 0 and first_features is not None:
+            features = first_features
+        else:
+            features = _encode(model, pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES), stats)
+        previous = all_tokens if transcribe_options.condition_on_previous_text else None
+        task = DecodingTask(model, options, options.language, previous)
+        result = task.run(features)
+        _add_decoding_stats(stats, result)
+
+        if _is_silence(result, transcribe_options):
+            seek += segment_size
+            continue
+        pieces, seek_frames = _split_by_timestamps(result.tokens, tokenizer.timestamp_begin, segment_size)
+        previous_seek = seek
+        seek += max(seek_frames, 1)
+        window_end = previous_seek * HOP_LENGTH / SAMPLE_RATE + segment_duration
+        for piece_tokens, start_rel, end_rel in pieces:
+            text = tokenizer.decode(piece_tokens)
+            all_tokens.extend(piece_tokens)
+            if not text.strip():
+                continue
+            start = time_offset + (start_rel if start_rel is not None else 0.0)
+            end = time_offset + (end_rel if end_rel is not None else segment_duration)
+            yield Segment(
+                id=next_id,
+                start=round(min(start, window_end), 3),
+                end=round(min(max(end, start), window_end), 3),
+                text=text,
+                tokens=piece_tokens,
+                avg_logprob=result.avg_logprob,
+                no_speech_prob=result.no_speech_prob,
+            )
+            next_id += 1
+    _finish_stats(stats, info.duration_s, t_start)
+
+
+def _is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
+    """openai/whisper's rule: probably no speech, and the decoded text is not confidently speech either."""
+    if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
+        return False
+    return options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold
+
+
+def _split_by_timestamps(
+    tokens: list[int], timestamp_begin: int, segment_size: int
+) -> tuple[list[tuple[list[int], float | None, float | None]], int]:
+    """Cut a window's tokens into (tokens, start, end) segments at consecutive timestamp pairs.
+
+    Returns the segments (times relative to the window; None where the tokens give none) and how many
+    mel frames to advance: to the end of the last complete segment, or the whole window when the output
+    ended with a lone timestamp (everything up to the window's end was transcribed) or had no pair.
+    """
+    is_ts = [t >= timestamp_begin for t in tokens]
+    single_timestamp_ending = len(tokens) >= 2 and is_ts[-1] and not is_ts[-2]
+    consecutive = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+
+    def seconds(token: int) -> float:
+        return (token - timestamp_begin) * TIME_PRECISION
+
+    if consecutive:
+        slices = consecutive + ([len(tokens)] if single_timestamp_ending else [])
+        pieces = []
+        last = 0
+        for current in slices:
+            piece = tokens[last:current]
+            pieces.append((piece, seconds(piece[0]), seconds(piece[-1])))
+            last = current
+        if single_timestamp_ending:
+            return pieces, segment_size
+        last_timestamp = tokens[last - 1] - timestamp_begin
+        return pieces, last_timestamp * INPUT_STRIDE
+    timestamps = [t for t in tokens if t >= timestamp_begin]
+    end = None
+    if timestamps and timestamps[-1] != timestamp_begin:
+        end = seconds(timestamps[-1])
+    return [(tokens, 0.0 if timestamps else None, end)], segment_size
+
+
+def _add_decoding_stats(stats: dict[str, Any], result: DecodingResult) -> None:
+    stats["n_windows"] += 1
+    stats["n_tokens"] += len(result.tokens)
+    stats["target_passes"] += result.n_target_passes
+    stats["time_s"]["decode"] += result.decode_time_s
+
+
+def _finish_stats(stats: dict[str, Any], duration_s: float, t_start: float) -> None:
+    times = stats["time_s"]
+    times["total"] = time.perf_counter() - t_start
+    decode = times["decode"]
+    stats["tokens_per_s"] = stats["n_tokens"] / decode if decode > 0 else 0.0
+    stats["realtime_factor"] = times["total"] / duration_s if duration_s > 0 else 0.0
+    stats["tokens_per_target_pass"] = stats["n_tokens"] / max(stats["target_passes"], 1)
