@@ -76,13 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err("interrupted; finished outputs are kept: run the same command again to resume")
         return EXIT_INTERRUPTED
     except Exception as exc:
-        from .errors import AsrError
+        from .errors import AsrError, InvalidOptionError
 
         if args.verbose:
             raise
         if isinstance(exc, AsrError):
             _err(f"error: {exc}")
-            return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
+            return EXIT_USAGE if isinstance(exc, InvalidOptionError) else EXIT_FAILED
         _err(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for details)")
         return EXIT_FAILED
 
@@ -126,14 +126,16 @@ def _transcribe(args: argparse.Namespace) -> int:
         max_duration_s=args.max_duration or DEFAULT_MAX_DURATION_S,
     )
     jobs, problems = _plan(args.paths, args.output_dir)
-    single = len(args.paths) == 1 and len(jobs) == 1 and not args.paths[0].is_dir()
+    # One input path that is not a folder, even a missing one: its problem must be reported, not a demand
+    # for --output-dir.
+    single = len(args.paths) == 1 and not args.paths[0].is_dir()
     if not single and args.output_dir is None:
         raise InvalidOptionError("--output-dir is required to transcribe a folder or several files")
     for path, reason in problems:
         _err(f"{path}: {reason}")
     if not jobs:
         if not problems:
-            _err("no audio files found")
+            _err(f"{', '.join(str(p) for p in args.paths)}: no audio files found")
         return EXIT_FAILED
 
     from .models import load_model
@@ -141,6 +143,12 @@ def _transcribe(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     if model.tokenizer.multilingual is False and options.language not in (None, "en"):
         raise InvalidOptionError(f"model {args.model!r} is English-only; --language must be en or auto")
+    if options.language is not None and options.language not in model.tokenizer.languages:
+        # Checked once here: otherwise every file of a batch fails with the same option error.
+        raise InvalidOptionError(
+            f"language {options.language!r} is not supported by {args.model!r}; "
+            f"allowed: {', '.join(model.tokenizer.languages)}, auto"
+        )
     if single:
         return _run_single(model, jobs[0], options, transcribe_options, formats, args.overwrite, problems)
     return _run_batch(model, jobs, options, transcribe_options, formats, args.overwrite, problems)
@@ -228,7 +236,11 @@ def _run_batch(model, jobs, options, transcribe_options, formats, overwrite, pro
     n_done = n_skipped = 0
     failed: list[tuple[Path, str]] = list(problems)
     started = time.perf_counter()
-    bar = tqdm(total=round(sum(durations.values()), 1), unit="s audio", file=sys.stderr, dynamic_ncols=True)
+    # Total and updates are the same unrounded numbers added in the same order, so the bar ends at exactly
+    # 100% (rounding each file's share made it overshoot: 101% and a TqdmWarning on stderr).
+    bar = tqdm(
+        total=sum(durations.values()), unit="s audio", unit_scale=True, file=sys.stderr, dynamic_ncols=True
+    )
     with bar:
         for index, job in enumerate(jobs, 1):
             bar.set_postfix_str(f"file {index}/{len(jobs)}")
@@ -243,19 +255,24 @@ def _run_batch(model, jobs, options, transcribe_options, formats, overwrite, pro
                     bar.write(f"asr: ok {_summary_line(str(job.path), result.stats, result.duration_s)}")
                 except AsrError as exc:
                     failed.append((job.path, str(exc)))
-                    bar.write(f"asr: FAILED {exc}")
+                    bar.write(f"asr: FAILED {_named(job.path, str(exc))}")
                 except Exception as exc:  # one broken file must not stop the batch
                     failed.append((job.path, f"internal error: {type(exc).__name__}: {exc}"))
                     bar.write(f"asr: FAILED {job.path}: internal error: {type(exc).__name__}: {exc}")
-            bar.update(round(durations[job.path], 1))
+            bar.update(durations[job.path])
     elapsed = time.perf_counter() - started
     _err(
         f"{len(jobs) + len(problems)} files: {n_done} transcribed, {n_skipped} skipped (outputs exist), "
         f"{len(failed)} failed; {sum(durations.values()):.1f} s of audio in {elapsed:.1f} s"
     )
     for path, reason in failed:
-        _err(f"failed: {reason if reason.startswith(str(path)) else f'{path}: {reason}'}")
+        _err(f"failed: {_named(path, reason)}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _named(path: Path, reason: str) -> str:
+    """`reason` prefixed with the file's name unless it already starts with it (AudioLoadError's do)."""
+    return reason if reason.startswith(str(path)) else f"{path}: {reason}"
 
 
 if __name__ == "__main__":

@@ -162,5 +162,5 @@ def detect_language(model: LoadedModel, audio_features: Tensor) -> tuple[str, di
     codes = list(tokenizer.language_tokens)
     ids = torch.tensor([tokenizer.language_tokens[c] for c in codes], device=logits.device)
     probs = torch.softmax(logits[ids].float(), dim=-1).tolist()
-    by_code = dict(zip(codes, probs))
+    by_code = dict(zip(codes, probs, strict=True))
     return max(by_code, key=by_code.__getitem__), by_code

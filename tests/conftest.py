@@ -1,0 +1,35 @@
+"""Fixtures shared by the test suite."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SPEECH_DIR_ENV = "ASR_SPEECH_DIR"  # folder holding the shared real-speech set (its `public/` part is used)
+DEFAULT_SPEECH_DIR = REPO_ROOT.parent / "shared" / "speech"
+
+# huggingface_hub reads these once, when it is first imported; a test module importing transformers at the top
+# is imported before any fixture runs, so set them as soon as pytest loads this file as well.
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+os.environ.update(_OFFLINE_ENV)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_hub() -> Iterator[None]:
+    """Tests never touch the network: Hugging Face libraries may only use their local cache."""
+    os.environ.update(_OFFLINE_ENV)
+    yield
+
+
+@pytest.fixture(scope="session")
+def speech_dir() -> Path:
+    """The `public` folder of the real-speech set (`$ASR_SPEECH_DIR`, default `<repo>/../shared/speech`)."""
+    root = Path(os.environ.get(SPEECH_DIR_ENV, DEFAULT_SPEECH_DIR))
+    public = root / "public"
+    if not public.is_dir():
+        pytest.skip(f"real speech not found: no folder {public} (set {SPEECH_DIR_ENV} to the speech set)")
+    return public
