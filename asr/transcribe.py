@@ -37,6 +37,9 @@ from .models import LoadedModel
 from .results import Segment, TranscriptionResult
 
 INPUT_STRIDE = N_FRAMES // 1500  # mel frames per encoder position (2): converts timestamps to frames
+# A window whose peak is below -60 dBFS is silence: it is not decoded at all. Whisper's own no-speech rule
+# (below) lets "you" through on digital silence (P(no speech) 0.93 but an average log-prob above -1).
+SILENCE_PEAK = 10 ** (-60 / 20)
 
 
 @dataclass
@@ -110,6 +113,7 @@ def transcribe_stream(
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
         "n_windows": 0,
+        "n_silent_windows": 0,
         "n_tokens": 0,
         "target_passes": 0,
         "time_s": {"load_audio": t_loaded - t_start, "mel": t_mel - t_loaded, "encoder": 0.0, "decode": 0.0},
@@ -125,7 +129,9 @@ def transcribe_stream(
             language = "en"
     info = TranscriptionInfo(language, language_probability, duration_s, stats)
     window_options = replace(options, language=language)
-    segments = _segments(model, mel, window_options, transcribe_options, info, first_features, t_start)
+    segments = _segments(
+        model, samples, mel, window_options, transcribe_options, info, first_features, t_start
+    )
     return info, segments
 
 
@@ -139,6 +145,7 @@ def _encode(model: LoadedModel, mel_window: torch.Tensor, stats: dict[str, Any])
 
 def _segments(
     model: LoadedModel,
+    samples: np.ndarray,
     mel: torch.Tensor,
     options: DecodingOptions,
     transcribe_options: TranscribeOptions,
@@ -156,6 +163,11 @@ def _segments(
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
         segment_size = min(N_FRAMES, content_frames - seek)
         segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+        window = samples[seek * HOP_LENGTH : (seek + segment_size) * HOP_LENGTH]
+        if np.abs(window).max(initial=0.0) < SILENCE_PEAK:
+            stats["n_silent_windows"] += 1
+            seek += segment_size
+            continue
         if seek == 0 and first_features is not None:
             features = first_features
         else:

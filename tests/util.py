@@ -137,3 +137,23 @@ def to_transformers(m: LoadedModel):
         max_length=d.n_text_ctx,
     )
     return hf
+
+
+def normalize(text: str) -> list[str]:
+    """Lower case, punctuation dropped (apostrophes kept inside words): enough to compare transcripts."""
+    import re
+
+    text = text.lower().replace("-", " ")
+    return re.sub(r"[^\w' ]+", " ", text).replace(" '", " ").split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: word-level edit distance / reference length."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        current = [i]
+        for j, h in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1] / max(len(ref), 1)
