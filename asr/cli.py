@@ -157,6 +157,7 @@ def _transcribe(args: argparse.Namespace) -> int:
 def _plan(paths: Sequence[Path], output_dir: Path | None) -> tuple[list[Job], list[tuple[Path, str]]]:
     """Expand folders into audio files and give each its output stem, mirrored under output_dir."""
     from .audio import AUDIO_EXTENSIONS
+    from .errors import InvalidOptionError
     from .writers import safe_output_stem
 
     found: list[tuple[Path, Path]] = []  # (file, path relative to its root)
@@ -177,9 +178,17 @@ def _plan(paths: Sequence[Path], output_dir: Path | None) -> tuple[list[Job], li
         stems[rel.with_suffix("")] = stems.get(rel.with_suffix(""), 0) + 1
     taken: set[Path] = set()
     for file, rel in found:
-        # a.wav and a.flac side by side keep their suffix so neither overwrites the other's outputs
-        unique = rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel
-        stem = safe_output_stem(output_dir, unique.with_name(unique.name + ".x"))
+        # a.wav and a.flac side by side keep their suffix so neither overwrites the other's outputs; so does
+        # "..wav", whose stem "." would name the output folder itself
+        bare = rel.with_suffix("")
+        unique = bare if stems[bare] == 1 and bare.name not in ("", ".", "..") else rel
+        try:
+            stem = safe_output_stem(output_dir, unique.with_name(unique.name + ".x"))
+        except InvalidOptionError:
+            # Only a symlink (or loop) already in output_dir leads out: one refused file must not stop the
+            # batch, and the message must name the input, not the helper name "<stem>.x" given above.
+            problems.append((file, f"its outputs would land outside {output_dir} (via a symlink?); skipped"))
+            continue
         if stem in taken:
             problems.append((file, f"another input already writes to {stem}.*; skipped"))
             continue
@@ -246,19 +255,25 @@ def _run_batch(model, jobs, options, transcribe_options, formats, overwrite, pro
             bar.set_postfix_str(f"file {index}/{len(jobs)}")
             if not overwrite and _outputs_done(job.stem, formats):
                 n_skipped += 1
-                bar.write(f"asr: skip {job.path}: outputs exist")
+                bar.write(f"asr: skip {job.path}: outputs exist", file=sys.stderr)
             else:
                 try:
                     result = transcribe(model, job.path, options, transcribe_options)
                     write_result(result, job.stem, formats)
                     n_done += 1
-                    bar.write(f"asr: ok {_summary_line(str(job.path), result.stats, result.duration_s)}")
+                    bar.write(
+                        f"asr: ok {_summary_line(str(job.path), result.stats, result.duration_s)}",
+                        file=sys.stderr,
+                    )
                 except AsrError as exc:
                     failed.append((job.path, str(exc)))
-                    bar.write(f"asr: FAILED {_named(job.path, str(exc))}")
+                    bar.write(f"asr: FAILED {_named(job.path, str(exc))}", file=sys.stderr)
                 except Exception as exc:  # one broken file must not stop the batch
                     failed.append((job.path, f"internal error: {type(exc).__name__}: {exc}"))
-                    bar.write(f"asr: FAILED {job.path}: internal error: {type(exc).__name__}: {exc}")
+                    bar.write(
+                        f"asr: FAILED {job.path}: internal error: {type(exc).__name__}: {exc}",
+                        file=sys.stderr,
+                    )
             bar.update(durations[job.path])
     elapsed = time.perf_counter() - started
     _err(
