@@ -159,6 +159,23 @@ class TextDecoder(nn.Module):
         self.positional_embedding = nn.Parameter(torch.zeros(dims.n_text_ctx, d))
         self.blocks = nn.ModuleList(DecoderBlock(d, dims.n_text_head) for _ in range(dims.n_text_layer))
         self.ln = nn.LayerNorm(d)
+        self.__dict__["packed_head"] = None  # see pack_head()
+
+    def pack_head(self) -> None:
+        """Prepack the vocabulary head for oneDNN when running fp32 on the CPU.
+
+        The head (n_vocab x d, 106 MB for base in fp32) is read whole on every step: it is ~45% of a step.
+        oneDNN's prepacked GEMM runs it ~3x faster than the default kernel here (5 ms vs 15 ms for one token
+        of base on 2 cores, 10 ms vs 30 ms for six), with the same fp32 arithmetic. Elsewhere: a plain linear.
+        """
+        weight = self.token_embedding.weight
+        packed = None
+        cpu_fp32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+        if cpu_fp32 and torch.backends.mkldnn.is_available():
+            packed = weight.detach().to_mkldnn()
+        # Kept out of the module registry: a derived copy of the embedding, not a weight of its own.
+        # Call again after changing the embedding in place.
+        self.__dict__["packed_head"] = packed
 
     def new_cache(self, audio_features: Tensor, n_batch: int) -> KVCache:
         """A cache for `n_batch` rows decoding against `audio_features` (shape = (1 or n_batch, n_ctx, d))."""
@@ -192,7 +209,11 @@ class TextDecoder(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, start, end, mask)
         x = self.ln(x)
-        return (x @ self.token_embedding.weight.T).float()
+        if self.packed_head is not None:
+            rows = x.reshape(-1, x.shape[-1]).to_mkldnn()
+            logits = torch.ops.aten.mkldnn_linear(rows, self.packed_head, None).to_dense()
+            return logits.view(*x.shape[:-1], -1)
+        return F.linear(x, self.token_embedding.weight).float()
 
 
 def causal_mask(start: int, n_new: int, device: torch.device) -> Tensor:
@@ -218,4 +239,6 @@ class Whisper(nn.Module):
             model = cls(dims)
         weights = {k: v for k, v in sd.items() if not k.endswith(".n_head")}
         model.load_state_dict(weights, strict=True, assign=True)
-        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        model.decoder.pack_head()
+        return model

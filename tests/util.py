@@ -47,6 +47,7 @@ def random_model(seed: int = 0, dims: ModelDims | None = None, scale: float = 1.
                 p.copy_(torch.randn(p.shape, generator=generator) * (1.0 / p.shape[-1] ** 0.5))
         model.decoder.token_embedding.weight.mul_(scale)
     model.eval().requires_grad_(False)
+    model.decoder.pack_head()  # the same vocabulary-head kernel real models use
     tokenizer = Tokenizer(TINY_EN_TOKENIZER, multilingual=False)
     return LoadedModel(
         name=f"random-{seed}",
