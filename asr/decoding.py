@@ -1,23 +1,26 @@
-"""Decoding one 30-s window: options validated once, Whisper's rules as filters, our own greedy loop.
+"""Decoding one 30-s window: options validated once, Whisper's prompt and rules, then the loop.
 
-The loop owns its KV cache (asr/kv_cache.py): one forward pass over the prompt, then one pass per token.
-Speculative decoding (a draft proposing k tokens, the target verifying them in one pass) reuses exactly
-these pieces: the same filters per position, the same cache, cropped on rejection.
+The loop (asr/speculative.py) is the same for plain and speculative decoding: plain is the case where the
+drafter proposes nothing, one target pass per token.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .audio import TIME_PRECISION
+from .drafting import Drafter, Window
 from .errors import InvalidOptionError
-from .logit_filters import ApplyTimestampRules, LogitFilter, SuppressAtBegin, SuppressTokens, apply_filters
+from .logit_filters import ApplyTimestampRules, LogitFilter, SuppressAtBegin, SuppressTokens
 from .models import LoadedModel
+from .speculative import DraftLength, LoopResult, decode_loop
 from .tokenizer import TASKS
+
+MAX_DRAFT_K = 16
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,12 @@ class DecodingOptions:
     suppress_blank: bool = True  # no blank or EOT as the first token
     suppress_tokens: tuple[int, ...] | None = None  # None: the model config's list
     max_initial_timestamp: float | None = 1.0  # seconds; the first timestamp may not be later
+    draft: str = "self"  # "self" (a cheap copy of the target), "none" (plain), or a model name
+    draft_k: int | None = None  # tokens proposed per target pass; None: adaptive
 
     def __post_init__(self) -> None:
+        if self.draft_k is not None and not 1 <= self.draft_k <= MAX_DRAFT_K:
+            raise InvalidOptionError(f"draft_k must be between 1 and {MAX_DRAFT_K}, or None (adaptive)")
         if self.task not in TASKS:
             raise InvalidOptionError(f"unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
         if self.sample_len is not None and self.sample_len < 1:
@@ -48,13 +55,16 @@ class DecodingResult:
     tokens: list[int]
     sum_logprob: float
     no_speech_prob: float
-    n_target_passes: int
     decode_time_s: float
-    stats: dict = field(default_factory=dict)
+    loop: LoopResult  # passes, proposals, acceptance, stage times
 
     @property
     def avg_logprob(self) -> float:
         return self.sum_logprob / (len(self.tokens) + 1)
+
+    @property
+    def n_target_passes(self) -> int:
+        return self.loop.n_target_passes
 
 
 class DecodingTask:
@@ -117,36 +127,35 @@ class DecodingTask:
         probs = torch.softmax(prompt_logits[self.sot_index].float(), dim=-1)
         return float(probs[self.model.tokenizer.no_speech])
 
-    @torch.inference_mode()
-    def run(self, audio_features: Tensor) -> DecodingResult:
-        """Greedy decoding of one window. audio_features: shape = (1, n_audio_ctx, n_audio_state)."""
-        decoder = self.model.model.decoder
-        device = audio_features.device
+    def run(
+        self,
+        audio_features: Tensor,
+        mel: Tensor | None = None,
+        drafter: Drafter | None = None,
+        draft_length: DraftLength | None = None,
+    ) -> DecodingResult:
+        """Greedy decoding of one window; speculative when a drafter is given.
+
+        audio_features: shape = (1, n_audio_ctx, n_audio_state), the target's encoder output;
+        mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it).
+        """
         start = time.perf_counter()
-        cache = decoder.new_cache(audio_features, n_batch=1)
-        tokens = list(self.initial_tokens)
-        logits = decoder(torch.tensor([tokens], device=device), cache)[0]
-        no_speech_prob = self.no_speech_prob(logits)
-        row = logits[-1:]
-        n_passes, sum_logprob = 1, 0.0
-        for _ in range(self.sample_len):
-            apply_filters(self.filters, row, [tokens])
-            logprobs = torch.log_softmax(row, dim=-1)
-            next_token = int(row.argmax())
-            sum_logprob += float(logprobs[0, next_token])
-            if next_token == self.eot:
-                break
-            tokens.append(next_token)
-            if len(tokens) - self.sample_begin >= self.sample_len:
-                break
-            row = decoder(torch.tensor([[next_token]], device=device), cache)[0]
-            n_passes += 1
+        window = Window(audio_features, mel if mel is not None else torch.empty(0), self.filters)
+        loop = decode_loop(
+            self.model.model.decoder,
+            window,
+            self.initial_tokens,
+            self.eot,
+            self.sample_len,
+            drafter or Drafter(),
+            draft_length or DraftLength(),
+        )
         return DecodingResult(
-            tokens=tokens[self.sample_begin :],
-            sum_logprob=sum_logprob,
-            no_speech_prob=no_speech_prob,
-            n_target_passes=n_passes,
+            tokens=loop.tokens,
+            sum_logprob=loop.sum_logprob,
+            no_speech_prob=self.no_speech_prob(loop.first_logits),
             decode_time_s=time.perf_counter() - start,
+            loop=loop,
         )
 
 

@@ -159,23 +159,45 @@ class TextDecoder(nn.Module):
         self.positional_embedding = nn.Parameter(torch.zeros(dims.n_text_ctx, d))
         self.blocks = nn.ModuleList(DecoderBlock(d, dims.n_text_head) for _ in range(dims.n_text_layer))
         self.ln = nn.LayerNorm(d)
-        self.__dict__["packed_head"] = None  # see pack_head()
+        # The vocabulary head, derived from the embedding by pack_head(); kept out of the module registry.
+        self.__dict__["head"] = None
+        self.__dict__["head_ids"] = None
 
-    def pack_head(self) -> None:
-        """Prepack the vocabulary head for oneDNN when running fp32 on the CPU.
+    def pack_head(self, token_ids: Tensor | None = None, dtype: torch.dtype | None = None) -> None:
+        """Prepare the vocabulary head (tied to the token embedding); again after changing the embedding.
 
-        The head (n_vocab x d, 106 MB for base in fp32) is read whole on every step: it is ~45% of a step.
-        oneDNN's prepacked GEMM runs it ~3x faster than the default kernel here (5 ms vs 15 ms for one token
-        of base on 2 cores, 10 ms vs 30 ms for six), with the same fp32 arithmetic. Elsewhere: a plain linear.
+        The head (n_vocab x d, 106 MB for base in fp32) is read whole on every step: ~45% of a step. On the
+        CPU it goes through oneDNN's GEMM, ~3x faster here than the default kernel (5 ms vs 15 ms for one
+        token of base on 2 cores, 10 ms vs 30 ms for six), with the same arithmetic. A draft may keep only
+        `token_ids` (its other logits are -inf) and use a cheaper `dtype`: the target verifies every token.
         """
-        weight = self.token_embedding.weight
-        packed = None
-        cpu_fp32 = weight.device.type == "cpu" and weight.dtype == torch.float32
-        if cpu_fp32 and torch.backends.mkldnn.is_available():
-            packed = weight.detach().to_mkldnn()
-        # Kept out of the module registry: a derived copy of the embedding, not a weight of its own.
-        # Call again after changing the embedding in place.
-        self.__dict__["packed_head"] = packed
+        weight = self.token_embedding.weight.detach()
+        if token_ids is not None:
+            weight = weight[token_ids.to(weight.device)]
+        weight = weight.to(dtype or weight.dtype).contiguous()
+        mkldnn_dtypes = (torch.float32, torch.bfloat16)
+        if (
+            weight.device.type == "cpu"
+            and weight.dtype in mkldnn_dtypes
+            and torch.backends.mkldnn.is_available()
+        ):
+            weight = weight.to_mkldnn()
+        self.__dict__["head"] = weight
+        self.__dict__["head_ids"] = None if token_ids is None else token_ids.to(weight.device)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Logits from final hidden states. x: shape = (..., d) -> shape = (..., n_vocab), float32."""
+        head = self.head if self.head is not None else self.token_embedding.weight
+        rows = x.reshape(-1, x.shape[-1])
+        if head.is_mkldnn:
+            logits = torch.ops.aten.mkldnn_linear(rows.to(head.dtype).to_mkldnn(), head, None).to_dense()
+        else:
+            logits = F.linear(rows.to(head.dtype), head)
+        logits = logits.float()
+        if self.head_ids is not None:
+            full = logits.new_full((rows.shape[0], self.dims.n_vocab), float("-inf"))
+            logits = full.index_copy_(1, self.head_ids, logits)
+        return logits.view(*x.shape[:-1], -1)
 
     def new_cache(self, audio_features: Tensor, n_batch: int) -> KVCache:
         """A cache for `n_batch` rows decoding against `audio_features` (shape = (1 or n_batch, n_ctx, d))."""
@@ -208,12 +230,7 @@ class TextDecoder(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding[start:end]
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, start, end, mask)
-        x = self.ln(x)
-        if self.packed_head is not None:
-            rows = x.reshape(-1, x.shape[-1]).to_mkldnn()
-            logits = torch.ops.aten.mkldnn_linear(rows, self.packed_head, None).to_dense()
-            return logits.view(*x.shape[:-1], -1)
-        return F.linear(x, self.token_embedding.weight).float()
+        return self.project(self.ln(x))
 
 
 def causal_mask(start: int, n_new: int, device: torch.device) -> Tensor:

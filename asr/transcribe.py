@@ -32,9 +32,11 @@ from .audio import (
     pad_or_trim,
 )
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
+from .drafting import Drafter, make_drafter
 from .errors import InvalidOptionError
 from .models import LoadedModel
 from .results import Segment, TranscriptionResult
+from .speculative import DraftLength
 
 INPUT_STRIDE = N_FRAMES // 1500  # mel frames per encoder position (2): converts timestamps to frames
 # A window whose peak is below -60 dBFS is silence: it is not decoded at all. Whisper's own no-speech rule
@@ -50,6 +52,7 @@ class TranscriptionInfo:
     language_probability: float
     duration_s: float
     stats: dict[str, Any] = field(default_factory=dict)
+    window_tokens: list[list[int]] = field(default_factory=list)  # every decoded window's tokens
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class TranscribeOptions:
     no_speech_threshold: float | None = 0.6  # skip a window whose P(no speech) is above this...
     logprob_threshold: float | None = -1.0  # ...unless its average log-probability is above this
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
+    compare: bool = False  # also run the plain target on the same input: measured speedup, identity check
 
 
 def transcribe(
@@ -102,21 +106,45 @@ def transcribe_stream(
         )
     t_start = time.perf_counter()
     samples = load_audio(audio, max_duration_s=transcribe_options.max_duration_s)
+    load_s = time.perf_counter() - t_start
+    drafter = make_drafter(options.draft, model)
+    reference = None
+    if transcribe_options.compare and options.draft != "none":
+        # The plain target on the same samples, first and to completion: the figures compare against it.
+        reference, plain_segments = transcribe_stream(
+            model, samples, replace(options, draft="none"), replace(transcribe_options, compare=False)
+        )
+        for _ in plain_segments:
+            pass
     t_loaded = time.perf_counter()
+    t_start = t_loaded - load_s  # this run's clock: the one audio load, then its own work
     mel = log_mel_spectrogram(samples, model.dims.n_mels, padding=N_SAMPLES, device=model.device)
     t_mel = time.perf_counter()
     duration_s = len(samples) / SAMPLE_RATE
 
     stats: dict[str, Any] = {
         "target": model.name,
-        "draft": "none",
+        "draft": drafter.name,
+        "draft_k": options.draft_k if options.draft_k is not None else "adaptive",
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
         "n_windows": 0,
         "n_silent_windows": 0,
         "n_tokens": 0,
+        "proposed": 0,
+        "accepted": 0,
+        "accepted_length_histogram": {},
         "target_passes": 0,
-        "time_s": {"load_audio": t_loaded - t_start, "mel": t_mel - t_loaded, "encoder": 0.0, "decode": 0.0},
+        "draft_passes": 0,
+        "fallback_windows": 0,
+        "time_s": {
+            "load_audio": t_loaded - t_start,
+            "mel": t_mel - t_loaded,
+            "encoder": 0.0,
+            "draft": 0.0,
+            "target": 0.0,
+            "decode": 0.0,
+        },
     }
     first_features = None
     language, language_probability = options.language, 1.0
@@ -130,7 +158,16 @@ def transcribe_stream(
     info = TranscriptionInfo(language, language_probability, duration_s, stats)
     window_options = replace(options, language=language)
     segments = _segments(
-        model, samples, mel, window_options, transcribe_options, info, first_features, t_start
+        model,
+        samples,
+        mel,
+        window_options,
+        transcribe_options,
+        info,
+        first_features,
+        t_start,
+        drafter,
+        reference,
     )
     return info, segments
 
@@ -152,6 +189,8 @@ def _segments(
     info: TranscriptionInfo,
     first_features: torch.Tensor | None,
     t_start: float,
+    drafter: Drafter,
+    reference: TranscriptionInfo | None,
 ) -> Iterator[Segment]:
     tokenizer = model.tokenizer
     stats = info.stats
@@ -168,14 +207,16 @@ def _segments(
             stats["n_silent_windows"] += 1
             seek += segment_size
             continue
+        mel_window = pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES)
         if seek == 0 and first_features is not None:
             features = first_features
         else:
-            features = _encode(model, pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES), stats)
+            features = _encode(model, mel_window, stats)
         previous = all_tokens if transcribe_options.condition_on_previous_text else None
         task = DecodingTask(model, options, options.language, previous)
-        result = task.run(features)
+        result = task.run(features, mel_window, drafter, DraftLength(options.draft_k))
         _add_decoding_stats(stats, result)
+        info.window_tokens.append(result.tokens)
 
         if _is_silence(result, transcribe_options):
             seek += segment_size
@@ -200,7 +241,7 @@ def _segments(
                 no_speech_prob=result.no_speech_prob,
             )
             next_id += 1
-    _finish_stats(stats, info.duration_s, t_start)
+    _finish_stats(model, info, t_start, reference)
 
 
 def _is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
@@ -246,16 +287,88 @@ def _split_by_timestamps(
 
 
 def _add_decoding_stats(stats: dict[str, Any], result: DecodingResult) -> None:
+    loop = result.loop
     stats["n_windows"] += 1
     stats["n_tokens"] += len(result.tokens)
-    stats["target_passes"] += result.n_target_passes
-    stats["time_s"]["decode"] += result.decode_time_s
+    stats["target_passes"] += loop.n_target_passes
+    stats["draft_passes"] += loop.n_draft_passes
+    stats["proposed"] += loop.n_proposed
+    stats["accepted"] += loop.n_accepted
+    stats["fallback_windows"] += int(loop.fell_back)
+    histogram = stats["accepted_length_histogram"]
+    for length, count in loop.accepted_lengths.items():
+        histogram[str(length)] = histogram.get(str(length), 0) + count
+    times = stats["time_s"]
+    times["decode"] += result.decode_time_s
+    times["draft"] += loop.draft_time_s
+    times["target"] += loop.target_time_s
 
 
-def _finish_stats(stats: dict[str, Any], duration_s: float, t_start: float) -> None:
+def _finish_stats(
+    model: LoadedModel, info: TranscriptionInfo, t_start: float, reference: TranscriptionInfo | None
+) -> None:
+    """Derived figures. The speedup is always labelled: "measured" against a plain run of the same input
+    (--compare), else "estimated" from this machine's single-token target pass time."""
+    stats = info.stats
     times = stats["time_s"]
     times["total"] = time.perf_counter() - t_start
     decode = times["decode"]
-    stats["tokens_per_s"] = stats["n_tokens"] / decode if decode > 0 else 0.0
-    stats["realtime_factor"] = times["total"] / duration_s if duration_s > 0 else 0.0
+    stats["accepted_length_histogram"] = dict(
+        sorted(stats["accepted_length_histogram"].items(), key=lambda kv: int(kv[0]))
+    )
+    stats["acceptance_rate"] = stats["accepted"] / stats["proposed"] if stats["proposed"] else None
     stats["tokens_per_target_pass"] = stats["n_tokens"] / max(stats["target_passes"], 1)
+    stats["tokens_per_s"] = stats["n_tokens"] / decode if decode > 0 else 0.0
+    stats["realtime_factor"] = times["total"] / info.duration_s if info.duration_s > 0 else 0.0
+    if reference is not None:
+        plain = reference.stats
+        stats["speedup"] = plain["time_s"]["decode"] / decode if decode > 0 else None
+        # end to end from samples in memory: the audio was loaded once, for both runs
+        plain_total = plain["time_s"]["total"] - plain["time_s"]["load_audio"]
+        stats["speedup_end_to_end"] = plain_total / (times["total"] - times["load_audio"])
+        stats["speedup_kind"] = "measured"
+        stats["speedup_basis"] = "decode phase, plain target / speculative, same input, same process"
+        stats["identical_to_target"] = reference.window_tokens == info.window_tokens
+        stats["plain"] = {k: plain[k] for k in ("target_passes", "tokens_per_s", "time_s")}
+    elif stats["draft"] == "none":
+        stats["speedup"] = 1.0
+        stats["speedup_kind"] = "baseline"
+        stats["speedup_basis"] = "plain target decoding"
+        stats["identical_to_target"] = True
+    else:
+        step_s = single_pass_time(model)
+        plain_passes = stats["n_tokens"] + stats["n_windows"]  # one pass per token, plus each window's EOT
+        stats["speedup"] = plain_passes * step_s / decode if decode > 0 else None
+        stats["speedup_kind"] = "estimated"
+        stats["speedup_basis"] = (
+            f"decode phase; plain estimated as {plain_passes} target passes x {step_s * 1000:.1f} ms "
+            "(one-token pass measured on this machine); use --compare to measure"
+        )
+        stats["identical_to_target"] = None
+
+
+_PASS_TIMES: dict[int, float] = {}
+
+
+def single_pass_time(model: LoadedModel) -> float:
+    """Median seconds of one single-token target pass on this machine (measured once per model)."""
+    key = id(model.model)
+    if key not in _PASS_TIMES:
+        decoder = model.model.decoder
+        dims = model.dims
+        with torch.inference_mode():
+            features = torch.zeros(
+                1, dims.n_audio_ctx, dims.n_audio_state, dtype=model.dtype, device=model.device
+            )
+            cache = decoder.new_cache(features, n_batch=1)
+            prompt = torch.tensor([[model.tokenizer.sot] * 4], device=model.device)
+            decoder(prompt, cache)
+            token = torch.tensor([[model.tokenizer.sot]], device=model.device)
+            times = []
+            for _ in range(12):
+                cache.crop(4)
+                start = time.perf_counter()
+                decoder(token, cache)
+                times.append(time.perf_counter() - start)
+        _PASS_TIMES[key] = sorted(times[2:])[len(times[2:]) // 2]
+    return _PASS_TIMES[key]

@@ -1,0 +1,129 @@
+"""The decoding loop: propose -> one target pass -> verify -> crop caches -> figures.
+
+Notation (Leviathan et al. 2023): p is the target's distribution, q the draft's, k the number of tokens the
+draft proposes per target pass. With greedy decoding both are taken as argmax after Whisper's rules, and the
+output is exactly the target's own greedy output: only the number of target passes changes. With the
+`none` drafter (k tokens never come) this same loop is plain greedy decoding, one target pass per token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .drafting import Drafter, Window
+from .verify import GreedyVerifier
+
+K_MIN, K_MAX, K_START = 1, 10, 5
+# Below this acceptance rate (after FALLBACK_MIN_PROPOSED proposals) drafting stops for the window: a draft
+# that is mostly wrong costs draft passes and wider target passes for nothing.
+FALLBACK_ACCEPTANCE = 0.3
+FALLBACK_MIN_PROPOSED = 12
+
+
+class DraftLength:
+    """k for the next proposal: fixed, or adapted to recent acceptance (+2 after a full accept, -1 after a
+    rejection, within [K_MIN, K_MAX], as transformers' assisted generation does)."""
+
+    def __init__(self, fixed: int | None = None) -> None:
+        self.fixed = fixed
+        self.k = fixed if fixed is not None else K_START
+        self.n_proposed = 0
+        self.n_accepted = 0
+        self.fallen_back = False
+
+    def update(self, n_proposed: int, n_accepted: int) -> None:
+        self.n_proposed += n_proposed
+        self.n_accepted += n_accepted
+        if (
+            self.fixed is None
+            and self.n_proposed >= FALLBACK_MIN_PROPOSED
+            and self.n_accepted < FALLBACK_ACCEPTANCE * self.n_proposed
+        ):
+            self.fallen_back = True
+        if self.fixed is None and n_proposed:
+            self.k = min(self.k + 2, K_MAX) if n_accepted == n_proposed else max(self.k - 1, K_MIN)
+
+    def next(self, remaining: int) -> int:
+        """Proposing more than remaining - 1 is pointless: the target adds a token of its own."""
+        return 0 if self.fallen_back else max(0, min(self.k, remaining - 1))
+
+
+@dataclass
+class LoopResult:
+    tokens: list[int]  # sampled tokens, without EOT
+    sum_logprob: float
+    first_logits: Tensor  # the first pass's logits over the prompt, shape = (n_prompt, n_vocab)
+    n_target_passes: int = 0
+    n_draft_passes: int = 0
+    n_proposed: int = 0
+    n_accepted: int = 0
+    accepted_lengths: Counter = field(default_factory=Counter)  # accepted length per pass that had a draft
+    draft_time_s: float = 0.0
+    target_time_s: float = 0.0
+    fell_back: bool = False
+
+
+@torch.inference_mode()
+def decode_loop(
+    decoder: torch.nn.Module,
+    window: Window,
+    initial_tokens: list[int],
+    eot: int,
+    sample_len: int,
+    drafter: Drafter,
+    draft_length: DraftLength,
+) -> LoopResult:
+    """Greedy decoding of one window, speculative when the drafter proposes."""
+    device = window.audio_features.device
+    cache = decoder.new_cache(window.audio_features, n_batch=1)
+    verifier = GreedyVerifier(window.filters)
+    tokens = list(initial_tokens)
+    sample_begin = len(tokens)
+    result = LoopResult(tokens=[], sum_logprob=0.0, first_logits=torch.empty(0))
+    draft_passes_before = drafter.n_passes
+    start = time.perf_counter()
+    drafter.start(window)
+    result.draft_time_s += time.perf_counter() - start
+    done = False
+    while not done:
+        # 1. the draft proposes k tokens after the committed ones
+        k = draft_length.next(sample_len - (len(tokens) - sample_begin))
+        start = time.perf_counter()
+        draft = drafter.propose(tokens, k) if k else []
+        result.draft_time_s += time.perf_counter() - start
+        # 2. one target pass over the uncached committed tokens and the k proposals
+        start = time.perf_counter()
+        n_cached = cache.length
+        logits = decoder(torch.tensor([tokens[n_cached:] + draft], device=device), cache)[0]
+        result.target_time_s += time.perf_counter() - start
+        result.n_target_passes += 1
+        if not result.first_logits.numel():
+            result.first_logits = logits[: len(tokens)]
+        # 3. verify: rows from the last committed token on, one per proposed position plus one
+        verdict = verifier.verify(logits[len(tokens) - 1 - n_cached :], tokens, draft)
+        if draft:
+            result.n_proposed += len(draft)
+            result.n_accepted += verdict.n_accepted
+            result.accepted_lengths[verdict.n_accepted] += 1
+        draft_length.update(len(draft), verdict.n_accepted)
+        # 4. commit, stopping at EOT or the length limit exactly where plain decoding would
+        for token, logprob in zip(verdict.tokens, verdict.logprobs, strict=True):
+            result.sum_logprob += logprob
+            if token == eot:
+                done = True
+                break
+            tokens.append(token)
+            if len(tokens) - sample_begin >= sample_len:
+                done = True
+                break
+        # 5. roll the target's cache back to the committed tokens (the last one is fed next pass)
+        cache.crop(min(cache.length, len(tokens) - 1))
+    result.tokens = tokens[sample_begin:]
+    result.n_draft_passes = drafter.n_passes - draft_passes_before
+    result.fell_back = draft_length.fallen_back
+    return result
