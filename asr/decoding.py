@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .audio import TIME_PRECISION
-from .drafting import Drafter, Window
+from .drafting import Drafter
 from .errors import InvalidOptionError
 from .logit_filters import ApplyTimestampRules, LogitFilter, SuppressAtBegin, SuppressTokens
 from .models import LoadedModel
@@ -140,10 +140,11 @@ class DecodingTask:
         mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it).
         """
         start = time.perf_counter()
-        window = Window(audio_features, mel if mel is not None else torch.empty(0), self.filters)
         loop = decode_loop(
             self.model.model.decoder,
-            window,
+            audio_features,
+            mel if mel is not None else torch.empty(0),
+            self.filters,
             self.initial_tokens,
             self.eot,
             self.sample_len,

@@ -6,8 +6,8 @@ own prefix; `start(window)` readies it for a new 30-s window. It keeps its own K
 proposal, crops it back to the longest prefix it shares with what the target committed.
 
 - `none`: proposes nothing; the loop is then plain greedy decoding with the target alone.
-- `self`: a cheap copy of the target's own decoder (int8 linears on the CPU, fp16 on a GPU; a head over the
-  most frequent part of the vocabulary) that reads the target's encoder output: nothing more to load.
+- `self`: a cheap copy of the target's own decoder (fp16 linears and head) that reads the target's encoder
+  output and cross-attention keys/values: nothing more to load, no second encoder pass.
 - a model name: a smaller Whisper with the same tokenizer. If its encoder is a copy of the target's (as
   distil-whisper's is), only its decoder runs, on the target's encoder output.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,16 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from .errors import IncompatibleModelsError, InvalidOptionError
+from .kv_cache import KVCache
 from .logit_filters import LogitFilter, apply_filters
 from .model import TextDecoder
 from .models import LoadedModel, load_model
 
 logger = logging.getLogger("asr")
-
-# The self-draft's head keeps the first SELF_DRAFT_VOCAB text tokens (BPE ids are roughly in merge order, so
-# these are the most frequent pieces) plus every special and timestamp token. Its other logits are -inf: it
-# cannot propose a rare token, and the target supplies that token itself on the pass that rejects.
-SELF_DRAFT_VOCAB = 16384
 
 
 @dataclass
@@ -43,6 +38,8 @@ class Window:
     audio_features: Tensor  # shape = (1, n_audio_ctx, n_audio_state), from the target's encoder
     mel: Tensor  # shape = (n_mels, N_FRAMES)
     filters: Sequence[LogitFilter]
+    target_cache: KVCache  # the target's cache, after its pass over the prompt
+    tokens: list[int]  # the committed tokens; the target's cache holds all but the last
 
 
 class Drafter:
@@ -64,10 +61,20 @@ class Drafter:
 class DecoderDrafter(Drafter):
     """Greedy proposals from a Whisper decoder with its own KV cache."""
 
-    def __init__(self, name: str, decoder: TextDecoder, eot: int, encoder: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        decoder: TextDecoder,
+        eot: int,
+        encoder: nn.Module | None = None,
+        share_cross: bool = False,
+    ) -> None:
         self.name = name
         self.decoder = decoder
         self.encoder = encoder  # None: the decoder reads the target's encoder output
+        # A copy of the target's decoder has the target's cross-attention projections: it reads the keys and
+        # values the target computed for the window instead of projecting the audio again.
+        self.share_cross = share_cross
         self.eot = eot
         self.cache = None
         self.fed: list[int] = []  # the tokens whose keys/values are in self.cache
@@ -83,12 +90,23 @@ class DecoderDrafter(Drafter):
         return self.decoder.positional_embedding.dtype
 
     def start(self, window: Window) -> None:
+        self.filters = window.filters
+        if self.share_cross:
+            # Start from the target's keys/values: no audio projection, and no prompt pass of our own (a
+            # conditioned window's prompt is up to 224 tokens, costly in fp16 on a CPU).
+            target = window.target_cache
+            self.cache = self.decoder.cache_with_cross(target.cross_k, target.cross_v, n_batch=1)
+            n = target.length
+            self.cache.self_k[:, :, :, :n] = target.self_k[:, :1, :, :n]
+            self.cache.self_v[:, :, :, :n] = target.self_v[:, :1, :, :n]
+            self.cache.length = n
+            self.fed = list(window.tokens[:n])
+            return
         features = window.audio_features
         if self.encoder is not None:
             features = self.encoder(window.mel.unsqueeze(0).to(self.dtype))
         self.cache = self.decoder.new_cache(features.to(self.dtype), n_batch=1)
         self.fed = []
-        self.filters = window.filters
 
     def propose(self, tokens: list[int], k: int) -> list[int]:
         assert self.cache is not None, "start() first"
@@ -116,28 +134,42 @@ class DecoderDrafter(Drafter):
         return proposal
 
 
-def self_draft_decoder(target: LoadedModel) -> TextDecoder:
-    """A cheap copy of the target's decoder: int8 dynamic-quantized linears on the CPU (fp16 elsewhere),
-    and a head over the frequent part of the vocabulary (issue #3: int8 copy 96.7% agreement with base)."""
+class CastLinear(nn.Module):
+    """A linear layer whose weights are stored in a cheaper dtype; float32 in, float32 out.
+
+    On this CPU an fp16 GEMV of the decoder's shapes runs ~5x faster than fp32 (it reads half the bytes, with
+    a better kernel), and Whisper's released weights are fp16 to begin with: only the activations are rounded.
+    """
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().to(dtype), requires_grad=False)
+        self.bias = nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+
+
+def self_draft_decoder(target: LoadedModel, dtype: torch.dtype = torch.float16) -> TextDecoder:
+    """A cheap copy of the target's decoder: linears and vocabulary head in `dtype` (fp16), the rest as in
+    the target. Measured on 8 English clips with base: every proposed token accepted, where an int8 copy
+    had 69% and a head cut to the first 16k tokens 71% (ids do not follow English frequency)."""
     source = target.model.decoder
-    device = target.device
-    dtype = torch.float32 if device.type == "cpu" else torch.float16
     with torch.device("meta"):
         decoder = TextDecoder(source.dims)
-    state = {k: v.detach().to(dtype) for k, v in source.state_dict().items()}
-    decoder.load_state_dict(state, assign=True)
+    decoder.load_state_dict({k: v.detach().clone() for k, v in source.state_dict().items()}, assign=True)
     decoder.eval().requires_grad_(False)
-    if device.type == "cpu":
-        with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated but works in torch 2.x
-            warnings.simplefilter("ignore")
-            decoder = torch.ao.quantization.quantize_dynamic(
-                decoder, {nn.Linear}, dtype=torch.qint8, inplace=True
-            )
-    tokenizer = target.tokenizer
-    keep = torch.cat(
-        [torch.arange(min(SELF_DRAFT_VOCAB, tokenizer.eot)), torch.arange(tokenizer.eot, source.dims.n_vocab)]
-    )
-    decoder.pack_head(keep, dtype=torch.bfloat16 if device.type == "cpu" else dtype)
+    for block in decoder.blocks:
+        for owner, name in (
+            (block.attn, "qkv"),
+            (block.attn, "out"),
+            (block.cross_attn, "q"),
+            (block.cross_attn, "out"),
+            (block, "fc1"),
+            (block, "fc2"),
+        ):
+            setattr(owner, name, CastLinear(getattr(owner, name), dtype))
+    decoder.pack_head(dtype=dtype)
     return decoder
 
 
@@ -182,7 +214,7 @@ def make_drafter(spec: str, target: LoadedModel) -> Drafter:
             key = id(target.model)
             if key not in _SELF_DECODERS:
                 _SELF_DECODERS[key] = self_draft_decoder(target)
-        return DecoderDrafter("self", _SELF_DECODERS[key], eot)
+        return DecoderDrafter("self", _SELF_DECODERS[key], eot, share_cross=True)
     if not spec:
         raise InvalidOptionError("draft must be 'self', 'none', or a model name")
     draft = load_model(spec, device=target.device)

@@ -161,19 +161,16 @@ class TextDecoder(nn.Module):
         self.ln = nn.LayerNorm(d)
         # The vocabulary head, derived from the embedding by pack_head(); kept out of the module registry.
         self.__dict__["head"] = None
-        self.__dict__["head_ids"] = None
 
-    def pack_head(self, token_ids: Tensor | None = None, dtype: torch.dtype | None = None) -> None:
+    def pack_head(self, dtype: torch.dtype | None = None) -> None:
         """Prepare the vocabulary head (tied to the token embedding); again after changing the embedding.
 
         The head (n_vocab x d, 106 MB for base in fp32) is read whole on every step: ~45% of a step. On the
         CPU it goes through oneDNN's GEMM, ~3x faster here than the default kernel (5 ms vs 15 ms for one
-        token of base on 2 cores, 10 ms vs 30 ms for six), with the same arithmetic. A draft may keep only
-        `token_ids` (its other logits are -inf) and use a cheaper `dtype`: the target verifies every token.
+        token of base on 2 cores, 10 ms vs 30 ms for six), with the same arithmetic. A draft may use a
+        cheaper `dtype`: the target verifies every token.
         """
         weight = self.token_embedding.weight.detach()
-        if token_ids is not None:
-            weight = weight[token_ids.to(weight.device)]
         weight = weight.to(dtype or weight.dtype).contiguous()
         mkldnn_dtypes = (torch.float32, torch.bfloat16)
         if (
@@ -183,7 +180,6 @@ class TextDecoder(nn.Module):
         ):
             weight = weight.to_mkldnn()
         self.__dict__["head"] = weight
-        self.__dict__["head_ids"] = None if token_ids is None else token_ids.to(weight.device)
 
     def project(self, x: Tensor) -> Tensor:
         """Logits from final hidden states. x: shape = (..., d) -> shape = (..., n_vocab), float32."""
@@ -193,27 +189,26 @@ class TextDecoder(nn.Module):
             logits = torch.ops.aten.mkldnn_linear(rows.to(head.dtype).to_mkldnn(), head, None).to_dense()
         else:
             logits = F.linear(rows.to(head.dtype), head)
-        logits = logits.float()
-        if self.head_ids is not None:
-            full = logits.new_full((rows.shape[0], self.dims.n_vocab), float("-inf"))
-            logits = full.index_copy_(1, self.head_ids, logits)
-        return logits.view(*x.shape[:-1], -1)
+        return logits.float().view(*x.shape[:-1], -1)
 
     def new_cache(self, audio_features: Tensor, n_batch: int) -> KVCache:
         """A cache for `n_batch` rows decoding against `audio_features` (shape = (1 or n_batch, n_ctx, d))."""
         cross = [block.cross_attn.project_audio(audio_features) for block in self.blocks]
+        return self.cache_with_cross([k for k, _ in cross], [v for _, v in cross], n_batch)
+
+    def cache_with_cross(self, cross_k: list[Tensor], cross_v: list[Tensor], n_batch: int) -> KVCache:
+        """A cache reading cross-attention keys/values from elsewhere (a self-draft reads the target's)."""
         dims = self.dims
-        weight = self.token_embedding.weight
         return KVCache(
             n_layer=dims.n_text_layer,
             n_batch=n_batch,
             n_head=dims.n_text_head,
             d_head=dims.n_text_state // dims.n_text_head,
             n_ctx=dims.n_text_ctx,
-            cross_k=[k for k, _ in cross],
-            cross_v=[v for _, v in cross],
-            dtype=weight.dtype,
-            device=weight.device,
+            cross_k=list(cross_k),
+            cross_v=list(cross_v),
+            dtype=self.positional_embedding.dtype,
+            device=self.positional_embedding.device,
         )
 
     def forward(self, tokens: Tensor, cache: KVCache, mask: Tensor | None = None) -> Tensor:

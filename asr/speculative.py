@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .drafting import Drafter, Window
+from .logit_filters import LogitFilter
+from .model import TextDecoder
 from .verify import GreedyVerifier
 
 K_MIN, K_MAX, K_START = 1, 10, 5
@@ -70,30 +73,35 @@ class LoopResult:
 
 @torch.inference_mode()
 def decode_loop(
-    decoder: torch.nn.Module,
-    window: Window,
+    decoder: TextDecoder,
+    audio_features: Tensor,
+    mel: Tensor,
+    filters: Sequence[LogitFilter],
     initial_tokens: list[int],
     eot: int,
     sample_len: int,
     drafter: Drafter,
     draft_length: DraftLength,
 ) -> LoopResult:
-    """Greedy decoding of one window, speculative when the drafter proposes."""
-    device = window.audio_features.device
-    cache = decoder.new_cache(window.audio_features, n_batch=1)
-    verifier = GreedyVerifier(window.filters)
+    """Greedy decoding of one window, speculative when the drafter proposes.
+
+    audio_features: shape = (1, n_audio_ctx, n_audio_state); mel: shape = (n_mels, N_FRAMES).
+    """
+    device = audio_features.device
+    cache = decoder.new_cache(audio_features, n_batch=1)
+    verifier = GreedyVerifier(filters)
     tokens = list(initial_tokens)
     sample_begin = len(tokens)
     result = LoopResult(tokens=[], sum_logprob=0.0, first_logits=torch.empty(0))
     draft_passes_before = drafter.n_passes
-    start = time.perf_counter()
-    drafter.start(window)
-    result.draft_time_s += time.perf_counter() - start
     done = False
     while not done:
-        # 1. the draft proposes k tokens after the committed ones
-        k = draft_length.next(sample_len - (len(tokens) - sample_begin))
+        # 1. the draft proposes k tokens after the committed ones (none on the first pass: the target's
+        #    pass over the prompt gives the first token, and the draft starts from its keys/values)
+        k = draft_length.next(sample_len - (len(tokens) - sample_begin)) if cache.length else 0
         start = time.perf_counter()
+        if k and result.n_target_passes == 1:
+            drafter.start(Window(audio_features, mel, filters, cache, tokens))
         draft = drafter.propose(tokens, k) if k else []
         result.draft_time_s += time.perf_counter() - start
         # 2. one target pass over the uncached committed tokens and the k proposals
