@@ -47,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not prompt each 30-s window with the text before it",
     )
+    tr.add_argument(
+        "--draft",
+        default="self",
+        help="speculative draft: self (a cheap copy of the model, default), none (plain decoding), or a "
+        "model name with the same tokenizer",
+    )
+    tr.add_argument("--draft-k", type=int, default=None, help="tokens proposed per pass (default: adaptive)")
+    tr.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run the model alone on each input: measured speedup and a check of identical output",
+    )
     tr.add_argument("--max-duration", type=float, default=None, help="refuse audio longer than this (s)")
     tr.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
 
@@ -120,8 +132,11 @@ def _transcribe(args: argparse.Namespace) -> int:
         task=args.task,
         language=None if args.language in (None, "auto") else args.language,
         timestamps=not args.no_timestamps,
+        draft=args.draft,
+        draft_k=args.draft_k,
     )
     transcribe_options = TranscribeOptions(
+        compare=args.compare,
         condition_on_previous_text=not args.no_condition_on_previous_text,
         max_duration_s=args.max_duration or DEFAULT_MAX_DURATION_S,
     )
@@ -205,12 +220,30 @@ def _outputs_done(stem: Path, formats: Sequence[str]) -> bool:
 
 def _summary_line(name: str, stats: dict, duration_s: float) -> str:
     times = stats["time_s"]
-    return (
+    line = (
         f"{name}: {duration_s:.1f} s of audio in {times['total']:.2f} s "
         f"(encoder {times['encoder']:.2f} s, decode {times['decode']:.2f} s); "
         f"{stats['n_tokens']} tokens, {stats['tokens_per_s']:.0f} tokens/s; "
         f"target {stats['target']} ({stats['dtype']}, {stats['device']}), draft {stats['draft']}"
     )
+    if stats["draft"] == "none":
+        return line
+    rate = stats["acceptance_rate"]
+    line += (
+        f" (k {stats['draft_k']}): {stats['accepted']}/{stats['proposed']} proposed tokens accepted"
+        f"{f' ({rate:.0%})' if rate is not None else ''}, {stats['tokens_per_target_pass']:.1f} tokens per "
+        f"target pass, {stats['target_passes']} target + {stats['draft_passes']} draft passes "
+        f"(target {times['target']:.2f} s, draft {times['draft']:.2f} s); "
+    )
+    if stats["speedup"] is None:
+        return line + "speedup n/a (nothing decoded)"
+    line += f"speedup {stats['speedup']:.2f}x ({stats['speedup_kind']}, decode phase"
+    if stats["speedup_kind"] == "measured":
+        identical = "identical" if stats["identical_to_target"] else "NOT IDENTICAL"
+        return (
+            line + f"; end to end {stats['speedup_end_to_end']:.2f}x; output {identical} to the model alone)"
+        )
+    return line + "; --compare measures it)"
 
 
 def _run_single(model, job, options, transcribe_options, formats, overwrite, problems) -> int:

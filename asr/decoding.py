@@ -6,7 +6,6 @@ drafter proposes nothing, one target pass per token.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ class DecodingOptions:
 
     def __post_init__(self) -> None:
         if self.draft_k is not None and not 1 <= self.draft_k <= MAX_DRAFT_K:
-            raise InvalidOptionError(f"draft_k must be between 1 and {MAX_DRAFT_K}, or None (adaptive)")
+            raise InvalidOptionError(f"draft_k (--draft-k) must be 1 to {MAX_DRAFT_K}, or unset (adaptive)")
         if self.task not in TASKS:
             raise InvalidOptionError(f"unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
         if self.sample_len is not None and self.sample_len < 1:
@@ -139,7 +138,6 @@ class DecodingTask:
         audio_features: shape = (1, n_audio_ctx, n_audio_state), the target's encoder output;
         mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it).
         """
-        start = time.perf_counter()
         loop = decode_loop(
             self.model.model.decoder,
             audio_features,
@@ -155,7 +153,7 @@ class DecodingTask:
             tokens=loop.tokens,
             sum_logprob=loop.sum_logprob,
             no_speech_prob=self.no_speech_prob(loop.first_logits),
-            decode_time_s=time.perf_counter() - start,
+            decode_time_s=loop.decode_time_s,
             loop=loop,
         )
 

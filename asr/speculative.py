@@ -66,6 +66,8 @@ class LoopResult:
     n_proposed: int = 0
     n_accepted: int = 0
     accepted_lengths: Counter = field(default_factory=Counter)  # accepted length per pass that had a draft
+    cross_kv_time_s: float = 0.0  # projecting the audio into cross-attention keys/values, once per window
+    decode_time_s: float = 0.0  # the token loop after that
     draft_time_s: float = 0.0
     target_time_s: float = 0.0
     fell_back: bool = False
@@ -88,11 +90,14 @@ def decode_loop(
     audio_features: shape = (1, n_audio_ctx, n_audio_state); mel: shape = (n_mels, N_FRAMES).
     """
     device = audio_features.device
+    start = time.perf_counter()
     cache = decoder.new_cache(audio_features, n_batch=1)
+    loop_start = time.perf_counter()
     verifier = GreedyVerifier(filters)
     tokens = list(initial_tokens)
     sample_begin = len(tokens)
     result = LoopResult(tokens=[], sum_logprob=0.0, first_logits=torch.empty(0))
+    result.cross_kv_time_s = loop_start - start
     draft_passes_before = drafter.n_passes
     done = False
     while not done:
@@ -131,6 +136,7 @@ def decode_loop(
                 break
         # 5. roll the target's cache back to the committed tokens (the last one is fed next pass)
         cache.crop(min(cache.length, len(tokens) - 1))
+    result.decode_time_s = time.perf_counter() - loop_start
     result.tokens = tokens[sample_begin:]
     result.n_draft_passes = drafter.n_passes - draft_passes_before
     result.fell_back = draft_length.fallen_back

@@ -141,6 +141,7 @@ def transcribe_stream(
             "load_audio": t_loaded - t_start,
             "mel": t_mel - t_loaded,
             "encoder": 0.0,
+            "cross_kv": 0.0,
             "draft": 0.0,
             "target": 0.0,
             "decode": 0.0,
@@ -300,6 +301,7 @@ def _add_decoding_stats(stats: dict[str, Any], result: DecodingResult) -> None:
         histogram[str(length)] = histogram.get(str(length), 0) + count
     times = stats["time_s"]
     times["decode"] += result.decode_time_s
+    times["cross_kv"] += loop.cross_kv_time_s
     times["draft"] += loop.draft_time_s
     times["target"] += loop.target_time_s
 
