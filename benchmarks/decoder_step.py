@@ -59,15 +59,20 @@ def transformers_step(hf, dims: ModelDims, n_new: int, repeats: int) -> float:
 
     def prefilled():
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        out = decoder(input_ids=torch.zeros(1, PROMPT, dtype=torch.long), encoder_hidden_states=features,
-                      past_key_values=cache, use_cache=True)  # fmt: skip
+        out = decoder(
+            input_ids=torch.zeros(1, PROMPT, dtype=torch.long),
+            encoder_hidden_states=features,
+            past_key_values=cache,
+            use_cache=True,
+        )
         return out.past_key_values
 
     caches = [prefilled() for _ in range(repeats + 5)]
 
     def step() -> None:
-        out = decoder(input_ids=tokens, encoder_hidden_states=features, past_key_values=caches.pop(),
-                      use_cache=True)  # fmt: skip
+        out = decoder(
+            input_ids=tokens, encoder_hidden_states=features, past_key_values=caches.pop(), use_cache=True
+        )
         hf.proj_out(out.last_hidden_state)
 
     return median_ms(step, repeats)
@@ -89,8 +94,10 @@ def main() -> None:
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, fp32, CPU")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, fp32, CPU"
+    )
     hf_available = not args.no_transformers
     try:
         from tests.util import to_transformers
@@ -112,8 +119,10 @@ def main() -> None:
             mel = torch.randn(1, loaded.dims.n_mels, 3000)
             enc = median_ms(lambda: loaded.model.encoder(mel), 5, warmup=1)  # noqa: B023
             enc_hf = median_ms(lambda: hf.model.encoder(mel), 5, warmup=1) if hf is not None else None  # noqa: B023
-            print(f"| {name} | encoder, 30 s | {enc:.0f} | {f'{enc_hf:.0f}' if enc_hf else '-'} | "
-                  f"{f'{enc_hf / enc:.2f}x' if enc_hf else '-'} |")  # fmt: skip
+            print(
+                f"| {name} | encoder, 30 s | {enc:.0f} | {f'{enc_hf:.0f}' if enc_hf else '-'} | "
+                f"{f'{enc_hf / enc:.2f}x' if enc_hf else '-'} |"
+            )
 
 
 if __name__ == "__main__":
