@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -176,6 +177,11 @@ def self_draft_decoder(target: LoadedModel, dtype: torch.dtype = torch.float16) 
 def check_compatible(draft: LoadedModel, target: LoadedModel) -> None:
     """A draft must speak the target's tokens: same vocabulary, same special tokens, same BPE."""
     a, b = draft.tokenizer, target.tokenizer
+    if draft.dims.n_mels != target.dims.n_mels:
+        raise IncompatibleModelsError(
+            f"draft {draft.name!r} cannot draft for {target.name!r}: it reads {draft.dims.n_mels}-bin "
+            f"log-mel input, the target {target.dims.n_mels}-bin"
+        )
     same = (
         draft.dims.n_vocab == target.dims.n_vocab
         and (a.eot, a.sot, a.no_timestamps) == (b.eot, b.sot, b.no_timestamps)
@@ -197,7 +203,8 @@ def _same_encoder(draft: LoadedModel, target: LoadedModel) -> bool:
     )
 
 
-_SELF_DECODERS: dict[int, TextDecoder] = {}
+# Keyed by the target's modules, weakly: a model freed and another built at its address never share a draft.
+_SELF_DECODERS: weakref.WeakKeyDictionary[nn.Module, TextDecoder] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -211,10 +218,10 @@ def make_drafter(spec: str, target: LoadedModel) -> Drafter:
     eot = target.tokenizer.eot
     if spec == "self":
         with _LOCK:
-            key = id(target.model)
-            if key not in _SELF_DECODERS:
-                _SELF_DECODERS[key] = self_draft_decoder(target)
-        return DecoderDrafter("self", _SELF_DECODERS[key], eot, share_cross=True)
+            decoder = _SELF_DECODERS.get(target.model)
+            if decoder is None:
+                decoder = _SELF_DECODERS[target.model] = self_draft_decoder(target)
+        return DecoderDrafter("self", decoder, eot, share_cross=True)
     if not spec:
         raise InvalidOptionError("draft must be 'self', 'none', or a model name")
     draft = load_model(spec, device=target.device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -349,12 +350,12 @@ def _finish_stats(
         stats["identical_to_target"] = None
 
 
-_PASS_TIMES: dict[int, float] = {}
+_PASS_TIMES: weakref.WeakKeyDictionary[torch.nn.Module, float] = weakref.WeakKeyDictionary()
 
 
 def single_pass_time(model: LoadedModel) -> float:
     """Median seconds of one single-token target pass on this machine (measured once per model)."""
-    key = id(model.model)
+    key = model.model
     if key not in _PASS_TIMES:
         decoder = model.model.decoder
         dims = model.dims
