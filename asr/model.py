@@ -162,6 +162,21 @@ class TextDecoder(nn.Module):
         # The vocabulary head, derived from the embedding by pack_head(); kept out of the module registry.
         self.__dict__["head"] = None
 
+    def prepare_for_inference(self) -> None:
+        """Lay the decoder's weights out for fast single-row products, and pack the vocabulary head.
+
+        On the CPU, a decoding step multiplies one row (or k + 1 rows) by each weight: MKL's product is
+        faster here, by ~10% per step, when the weight is stored input-major (the transpose contiguous); the
+        parameter keeps its shape and values, only its memory layout changes.
+        """
+        if self.positional_embedding.device.type == "cpu":
+            for module in self.blocks.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight = nn.Parameter(
+                        module.weight.detach().t().contiguous().t(), requires_grad=False
+                    )
+        self.pack_head()
+
     def pack_head(self, dtype: torch.dtype | None = None) -> None:
         """Prepare the vocabulary head (tied to the token embedding); again after changing the embedding.
 
@@ -252,5 +267,5 @@ class Whisper(nn.Module):
         weights = {k: v for k, v in sd.items() if not k.endswith(".n_head")}
         model.load_state_dict(weights, strict=True, assign=True)
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        model.decoder.pack_head()
+        model.decoder.prepare_for_inference()
         return model
