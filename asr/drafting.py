@@ -198,11 +198,19 @@ def check_compatible(draft: LoadedModel, target: LoadedModel) -> None:
         )
 
 
+_SAME_ENCODER: weakref.WeakKeyDictionary[nn.Module, weakref.WeakKeyDictionary[nn.Module, bool]]
+_SAME_ENCODER = weakref.WeakKeyDictionary()
+
+
 def _same_encoder(draft: LoadedModel, target: LoadedModel) -> bool:
-    a, b = draft.model.encoder.state_dict(), target.model.encoder.state_dict()
-    return a.keys() == b.keys() and all(
-        a[k].shape == b[k].shape and torch.equal(a[k].to(b[k].dtype), b[k]) for k in a
-    )
+    """Whether the draft's encoder is a copy of the target's (compared once per pair of loaded models)."""
+    known = _SAME_ENCODER.setdefault(draft.model, weakref.WeakKeyDictionary())
+    if target.model not in known:
+        a, b = draft.model.encoder.state_dict(), target.model.encoder.state_dict()
+        known[target.model] = a.keys() == b.keys() and all(
+            a[k].shape == b[k].shape and torch.equal(a[k].to(b[k].dtype), b[k]) for k in a
+        )
+    return known[target.model]
 
 
 # Keyed by the target's modules, weakly: a model freed and another built at its address never share a draft.
@@ -228,5 +236,6 @@ def make_drafter(spec: str, target: LoadedModel) -> Drafter:
         raise InvalidOptionError("draft must be 'self', 'none', or a model name")
     draft = load_model(spec, device=target.device)
     check_compatible(draft, target)
-    encoder = None if _same_encoder(draft, target) else draft.model.encoder
+    with _LOCK:
+        encoder = None if _same_encoder(draft, target) else draft.model.encoder
     return DecoderDrafter(spec, draft.model.decoder, eot, encoder=encoder)

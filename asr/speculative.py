@@ -99,14 +99,15 @@ def decode_loop(
     result = LoopResult(tokens=[], sum_logprob=0.0, first_logits=torch.empty(0))
     result.cross_kv_time_s = loop_start - start
     draft_passes_before = drafter.n_passes
-    done = False
+    started = done = False
     while not done:
         # 1. the draft proposes k tokens after the committed ones (none on the first pass: the target's
         #    pass over the prompt gives the first token, and the draft starts from its keys/values)
         k = draft_length.next(sample_len - (len(tokens) - sample_begin)) if cache.length else 0
         start = time.perf_counter()
-        if k and result.n_target_passes == 1:
+        if k and not started:
             drafter.start(Window(audio_features, mel, filters, cache, tokens))
+            started = True
         draft = drafter.propose(tokens, k) if k else []
         result.draft_time_s += time.perf_counter() - start
         # 2. one target pass over the uncached committed tokens and the k proposals
