@@ -155,7 +155,8 @@ class TextDecoder(nn.Module):
         super().__init__()
         d = dims.n_text_state
         self.dims = dims
-        self.token_embedding = nn.Embedding(dims.n_vocab, d)
+        # No random init (a loader assigns the weights): drawing 26M normals costs ~1 s, even on "meta".
+        self.token_embedding = nn.Embedding(dims.n_vocab, d, _weight=torch.empty(dims.n_vocab, d))
         self.positional_embedding = nn.Parameter(torch.zeros(dims.n_text_ctx, d))
         self.blocks = nn.ModuleList(DecoderBlock(d, dims.n_text_head) for _ in range(dims.n_text_layer))
         self.ln = nn.LayerNorm(d)
