@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the model alone on each input: measured speedup and a check of identical output",
     )
+    tr.add_argument(
+        "--beam-size", type=int, default=None, help="beam search with this many beams (default: greedy)"
+    )
+    tr.add_argument("--patience", type=float, default=None, help="beam search patience (default 1.0)")
+    tr.add_argument(
+        "--length-penalty", type=float, default=None, help="beam ranking length penalty alpha in [0, 1]"
+    )
     tr.add_argument("--max-duration", type=float, default=None, help="refuse audio longer than this (s)")
     tr.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
 
@@ -134,6 +141,9 @@ def _transcribe(args: argparse.Namespace) -> int:
         timestamps=not args.no_timestamps,
         draft=args.draft,
         draft_k=args.draft_k,
+        beam_size=args.beam_size,
+        patience=args.patience,
+        length_penalty=args.length_penalty,
     )
     transcribe_options = TranscribeOptions(
         compare=args.compare,
@@ -226,6 +236,8 @@ def _summary_line(name: str, stats: dict, duration_s: float) -> str:
         f"{stats['n_tokens']} tokens, {stats['tokens_per_s']:.0f} tokens/s; "
         f"target {stats['target']} ({stats['dtype']}, {stats['device']}), draft {stats['draft']}"
     )
+    if stats.get("beam_size"):
+        line += f", beam search {stats['beam_size']}"
     if stats["draft"] == "none":
         return line
     rate = stats["acceptance_rate"]

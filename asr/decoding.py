@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .audio import TIME_PRECISION
+from .beam_search import beam_search_loop
 from .drafting import Drafter
 from .errors import InvalidOptionError
 from .logit_filters import ApplyTimestampRules, LogitFilter, SuppressAtBegin, SuppressTokens
@@ -20,6 +21,7 @@ from .speculative import DraftLength, LoopResult, decode_loop
 from .tokenizer import TASKS
 
 MAX_DRAFT_K = 16
+MAX_BEAM_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,19 @@ class DecodingOptions:
     max_initial_timestamp: float | None = 1.0  # seconds; the first timestamp may not be later
     draft: str = "self"  # "self" (a cheap copy of the target), "none" (plain), or a model name
     draft_k: int | None = None  # tokens proposed per target pass; None: adaptive
+    beam_size: int | None = None  # None: greedy; else beam search with this many beams
+    patience: float | None = None  # beam search: finished candidates to collect = round(beam_size * patience)
+    length_penalty: float | None = None  # beam ranking: None divides by length, else ((5 + len) / 6) ** alpha
 
     def __post_init__(self) -> None:
+        if self.beam_size is not None and not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise InvalidOptionError(
+                f"beam_size (--beam-size) must be 1 to {MAX_BEAM_SIZE}, or unset (greedy)"
+            )
+        if self.patience is not None and (self.beam_size is None or self.patience <= 0):
+            raise InvalidOptionError("patience (--patience) must be > 0 and needs a beam size")
+        if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
+            raise InvalidOptionError("length_penalty (--length-penalty) must be between 0 and 1")
         if self.draft_k is not None and not 1 <= self.draft_k <= MAX_DRAFT_K:
             raise InvalidOptionError(f"draft_k (--draft-k) must be 1 to {MAX_DRAFT_K}, or unset (adaptive)")
         if self.task not in TASKS:
@@ -133,11 +146,26 @@ class DecodingTask:
         drafter: Drafter | None = None,
         draft_length: DraftLength | None = None,
     ) -> DecodingResult:
-        """Greedy decoding of one window; speculative when a drafter is given.
+        """Decode one window: greedy, speculative when a drafter is given; or, with options.beam_size,
+        plain beam search with the target alone (speculative beam search is issue #4).
 
         audio_features: shape = (1, n_audio_ctx, n_audio_state), the target's encoder output;
         mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it).
         """
+        options = self.options
+        if options.beam_size is not None:
+            loop = beam_search_loop(
+                self.model.model.decoder,
+                audio_features,
+                self.filters,
+                self.initial_tokens,
+                self.eot,
+                self.sample_len,
+                options.beam_size,
+                options.patience or 1.0,
+                options.length_penalty,
+            )
+            return self._result(loop)
         loop = decode_loop(
             self.model.model.decoder,
             audio_features,
@@ -149,6 +177,9 @@ class DecodingTask:
             drafter or Drafter(),
             draft_length or DraftLength(),
         )
+        return self._result(loop)
+
+    def _result(self, loop: LoopResult) -> DecodingResult:
         return DecodingResult(
             tokens=loop.tokens,
             sum_logprob=loop.sum_logprob,

@@ -11,6 +11,7 @@ window is decoded, so the CLI and the app can show progress; `transcribe` collec
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import weakref
@@ -38,6 +39,8 @@ from .errors import InvalidOptionError
 from .models import LoadedModel
 from .results import Segment, TranscriptionResult
 from .speculative import DraftLength
+
+logger = logging.getLogger("asr")
 
 INPUT_STRIDE = N_FRAMES // 1500  # mel frames per encoder position (2): converts timestamps to frames
 # A window whose peak is below -60 dBFS is silence: it is not decoded at all. Whisper's own no-speech rule
@@ -108,9 +111,11 @@ def transcribe_stream(
     t_start = time.perf_counter()
     samples = load_audio(audio, max_duration_s=transcribe_options.max_duration_s)
     load_s = time.perf_counter() - t_start
-    drafter = make_drafter(options.draft, model)
+    if options.beam_size is not None and options.draft != "none":
+        logger.info("beam search runs with the target alone for now: the %r draft is not used", options.draft)
+    drafter = make_drafter("none" if options.beam_size is not None else options.draft, model)
     reference = None
-    if transcribe_options.compare and options.draft != "none":
+    if transcribe_options.compare and drafter.name != "none":
         # The plain target on the same samples, first and to completion: the figures compare against it.
         reference, plain_segments = transcribe_stream(
             model, samples, replace(options, draft="none"), replace(transcribe_options, compare=False)
@@ -127,6 +132,7 @@ def transcribe_stream(
         "target": model.name,
         "draft": drafter.name,
         "draft_k": options.draft_k if options.draft_k is not None else "adaptive",
+        "beam_size": options.beam_size,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
         "n_windows": 0,
