@@ -48,6 +48,12 @@ class ModelDims:
         )
 
 
+def split_heads(x: Tensor, n_parts: int, n_head: int) -> Tensor:
+    """x: shape = (n_batch, n_ctx, n_parts * d) -> shape = (n_parts, n_batch, n_head, n_ctx, d_head)."""
+    n_batch, n_ctx, width = x.shape
+    return x.view(n_batch, n_ctx, n_parts, n_head, width // (n_parts * n_head)).permute(2, 0, 3, 1, 4)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, d: int, n_head: int) -> None:
         super().__init__()
@@ -56,9 +62,8 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(d, d)
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        n_batch, n_ctx, d = x.shape
-        qkv = self.qkv(x).view(n_batch, n_ctx, 3, self.n_head, d // self.n_head)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (n_batch, n_head, n_ctx, d_head)
+        """Queries, keys, values, each shape = (n_batch, n_head, n_ctx, d_head)."""
+        q, k, v = split_heads(self.qkv(x), 3, self.n_head)
         return q, k, v
 
     def merge(self, x: Tensor) -> Tensor:
@@ -111,9 +116,7 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(d, d)
 
     def project_audio(self, audio_features: Tensor) -> tuple[Tensor, Tensor]:
-        n_audio, n_ctx, d = audio_features.shape
-        kv = self.kv(audio_features).view(n_audio, n_ctx, 2, self.n_head, d // self.n_head)
-        k, v = kv.permute(2, 0, 3, 1, 4)
+        k, v = split_heads(self.kv(audio_features), 2, self.n_head)
         return k.contiguous(), v.contiguous()
 
 
@@ -139,8 +142,7 @@ class DecoderBlock(nn.Module):
         values = cache.self_v[layer, :n_batch, :, :end]
         x = x + self.attn.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
 
-        q = self.cross_attn.q(self.cross_attn_ln(x))
-        q = q.view(n_batch, -1, self.cross_attn.n_head, q.shape[-1] // self.cross_attn.n_head).transpose(1, 2)
+        q = split_heads(self.cross_attn.q(self.cross_attn_ln(x)), 1, self.cross_attn.n_head)[0]
         ck, cv = cache.cross_k[layer], cache.cross_v[layer]
         if ck.shape[0] != n_batch:
             ck, cv = ck.expand(n_batch, -1, -1, -1), cv.expand(n_batch, -1, -1, -1)

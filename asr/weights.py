@@ -124,36 +124,32 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray]) -> dict[str, torch.Tenso
         sd[f"encoder.{conv}.weight"] = _t(variables[f"encoder/{conv}/weight"])
         sd[f"encoder.{conv}.bias"] = _t(variables[f"encoder/{conv}/bias"])
     sd["encoder.positional_embedding"] = _t(variables["encoder/position_encodings/encodings"])
-    n_enc = _count_layers(variables, "encoder")
-    for i in range(n_enc):
-        src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
+
+    def block(dst: str, src: str) -> None:  # what encoder and decoder blocks share
         norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
         linear(f"{dst}.attn.qkv", f"{src}/self_attention/linear_0")
         linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
         norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
         linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
         linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
+
+    for i in range(_count_layers(variables, "encoder")):
+        block(f"encoder.blocks.{i}", f"encoder/layer_{i}")
     norm("encoder.ln_post", "encoder/layer_norm")
 
     sd["decoder.token_embedding.weight"] = _t(variables["decoder/embeddings/weight"])
     sd["decoder.positional_embedding"] = _t(variables["decoder/position_encodings/encodings"])
-    n_dec = _count_layers(variables, "decoder")
-    for i in range(n_dec):
+    for i in range(_count_layers(variables, "decoder")):
         src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
-        linear(f"{dst}.attn.qkv", f"{src}/self_attention/linear_0")
-        linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+        block(dst, src)
         norm(f"{dst}.cross_attn_ln", f"{src}/attention/layer_norm")
         linear(f"{dst}.cross_attn.q", f"{src}/attention/linear_0")
         linear(f"{dst}.cross_attn.kv", f"{src}/attention/linear_1")
         linear(f"{dst}.cross_attn.out", f"{src}/attention/linear_2")
-        norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
-        linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
     norm("decoder.ln", "decoder/layer_norm")
     # Head counts travel with the weights so a loader needs nothing else.
-    sd["encoder.n_head"] = torch.tensor(int(np.asarray(variables["encoder/num_heads"]).reshape(-1)[0]))
-    sd["decoder.n_head"] = torch.tensor(int(np.asarray(variables["decoder/num_heads"]).reshape(-1)[0]))
+    for stack in ("encoder", "decoder"):
+        sd[f"{stack}.n_head"] = torch.tensor(int(np.asarray(variables[f"{stack}/num_heads"]).reshape(-1)[0]))
     return sd
 
 
