@@ -174,6 +174,10 @@ def _transcribe(args: argparse.Namespace) -> int:
             f"language {options.language!r} is not supported by {args.model!r}; "
             f"allowed: {', '.join(model.tokenizer.languages)}, auto"
         )
+    if options.beam_size is None:
+        from .drafting import make_drafter
+
+        make_drafter(options.draft, model)  # a bad or incompatible draft: one error, before any file
     if single:
         return _run_single(model, jobs[0], options, transcribe_options, formats, args.overwrite, problems)
     return _run_batch(model, jobs, options, transcribe_options, formats, args.overwrite, problems)
