@@ -293,7 +293,7 @@ def _check_sample_rate(rate: object) -> None:
         raise InvalidOptionError(f"sample_rate must be a positive integer number of Hz, got {rate!r}")
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     """Collapse whitespace so a library message (libsndfile's can span lines) fits a one-line report."""
     return " ".join(str(text).split()).rstrip(".")
 

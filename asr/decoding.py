@@ -113,8 +113,14 @@ class DecodingTask:
         self.sample_len = min(self.sample_len, dims.n_text_ctx - self.sample_begin)
 
         suppress = options.suppress_tokens if options.suppress_tokens is not None else model.suppress_tokens
-        specials = (tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev)
-        specials += (tokenizer.sot_lm, tokenizer.no_speech)
+        specials = (
+            tokenizer.transcribe,
+            tokenizer.translate,
+            tokenizer.sot,
+            tokenizer.sot_prev,
+            tokenizer.sot_lm,
+            tokenizer.no_speech,
+        )
         self.filters: list[LogitFilter] = []
         if options.suppress_blank:
             begin = model.suppress_tokens_begin or (*tokenizer.encode(" "), tokenizer.eot)

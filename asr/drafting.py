@@ -77,7 +77,7 @@ class DecoderDrafter(Drafter):
         # values the target computed for the window instead of projecting the audio again.
         self.share_cross = share_cross
         self.eot = eot
-        self.cache = None
+        self.cache: KVCache | None = None
         self.fed: list[int] = []  # the tokens whose keys/values are in self.cache
         self.filters: Sequence[LogitFilter] = ()
         self._n_passes = 0
@@ -96,11 +96,12 @@ class DecoderDrafter(Drafter):
             # Start from the target's keys/values: no audio projection, and no prompt pass of our own (a
             # conditioned window's prompt is up to 224 tokens, costly in fp16 on a CPU).
             target = window.target_cache
-            self.cache = self.decoder.cache_with_cross(target.cross_k, target.cross_v, n_batch=1)
+            cache = self.decoder.cache_with_cross(target.cross_k, target.cross_v, n_batch=1)
             n = target.length
-            self.cache.self_k[:, :, :, :n] = target.self_k[:, :1, :, :n]
-            self.cache.self_v[:, :, :, :n] = target.self_v[:, :1, :, :n]
-            self.cache.length = n
+            cache.self_k[:, :, :, :n] = target.self_k[:, :1, :, :n]
+            cache.self_v[:, :, :, :n] = target.self_v[:, :1, :, :n]
+            cache.length = n
+            self.cache = cache
             self.fed = list(window.tokens[:n])
             return
         features = window.audio_features

@@ -8,6 +8,7 @@ sinusoidal encoder positions and learned decoder positions, a vocabulary head ti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,8 @@ class EncoderBlock(nn.Module):
 
 
 class AudioEncoder(nn.Module):
+    positional_embedding: Tensor  # a buffer: the sinusoids Whisper was trained with
+
     def __init__(self, dims: ModelDims) -> None:
         super().__init__()
         d = dims.n_audio_state
@@ -153,6 +156,8 @@ class DecoderBlock(nn.Module):
 
 
 class TextDecoder(nn.Module):
+    head: Tensor | None  # see pack_head()
+
     def __init__(self, dims: ModelDims) -> None:
         super().__init__()
         d = dims.n_text_state
@@ -211,7 +216,7 @@ class TextDecoder(nn.Module):
 
     def new_cache(self, audio_features: Tensor, n_batch: int) -> KVCache:
         """A cache for `n_batch` rows decoding against `audio_features` (shape = (1 or n_batch, n_ctx, d))."""
-        cross = [block.cross_attn.project_audio(audio_features) for block in self.blocks]
+        cross = [cast(DecoderBlock, block).cross_attn.project_audio(audio_features) for block in self.blocks]
         return self.cache_with_cross([k for k, _ in cross], [v for _, v in cross], n_batch)
 
     def cache_with_cross(self, cross_k: list[Tensor], cross_v: list[Tensor], n_batch: int) -> KVCache:

@@ -15,6 +15,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -223,7 +224,7 @@ def _hf_directory(name: str) -> str:
         ) from exc
 
 
-def hf_to_state_dict(hf: dict[str, torch.Tensor], config: object) -> dict[str, torch.Tensor]:
+def hf_to_state_dict(hf: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     """Map transformers' WhisperForConditionalGeneration names onto ours, fusing q/k/v (k has no bias)."""
     sd: dict[str, torch.Tensor] = {}
 

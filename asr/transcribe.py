@@ -277,7 +277,7 @@ def _split_by_timestamps(
 
     if consecutive:
         slices = consecutive + ([len(tokens)] if single_timestamp_ending else [])
-        pieces = []
+        pieces: list[tuple[list[int], float, float | None]] = []
         last = 0
         for current in slices:
             piece = tokens[last:current]

@@ -1,4 +1,4 @@
-"""Lint is part of the test suite: ruff (lint + format check) on the code, hadolint on the Dockerfile."""
+"""Static checks run with the tests: ruff (lint, format) and mypy on the code, hadolint on the Dockerfile."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
     [
         [sys.executable, "-m", "ruff", "check", "."],
         [sys.executable, "-m", "ruff", "format", "--check", "."],
+        [sys.executable, "-m", "mypy"],
     ],
-    ids=["ruff-check", "ruff-format"],
+    ids=["ruff-check", "ruff-format", "mypy"],
 )
-def test_ruff(command):
+def test_static_checks(command):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
