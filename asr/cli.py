@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.verbose:
             raise
-        if isinstance(exc, AsrError):
+        if isinstance(exc, AsrError | OSError):  # OSError: an output could not be written
             _err(f"error: {exc}")
             return EXIT_USAGE if isinstance(exc, InvalidOptionError) else EXIT_FAILED
         _err(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for details)")
@@ -178,6 +178,12 @@ def _transcribe(args: argparse.Namespace) -> int:
         from .drafting import make_drafter
 
         make_drafter(options.draft, model)  # a bad or incompatible draft: one error, before any file
+    if args.output_dir is not None:
+        try:  # after the option checks, before any work: a transcript that cannot be written is work lost
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise InvalidOptionError(f"--output-dir {args.output_dir}: cannot create it ({reason})") from exc
     if single:
         return _run_single(model, jobs[0], options, transcribe_options, formats, args.overwrite, problems)
     return _run_batch(model, jobs, options, transcribe_options, formats, args.overwrite, problems)
@@ -314,7 +320,7 @@ def _run_batch(model, jobs, options, transcribe_options, formats, overwrite, pro
                         f"asr: ok {_summary_line(str(job.path), result.stats, result.duration_s)}",
                         file=sys.stderr,
                     )
-                except AsrError as exc:
+                except (AsrError, OSError) as exc:  # OSError: its outputs could not be written
                     failed.append((job.path, str(exc)))
                     bar.write(f"asr: FAILED {_named(job.path, str(exc))}", file=sys.stderr)
                 except Exception as exc:  # one broken file must not stop the batch

@@ -302,6 +302,19 @@ def test_option_errors_exit_with_the_usage_status(tmp_path, capsys):
     assert "English-only" in err
 
 
+def test_an_output_dir_that_cannot_be_created_fails_before_any_work(tmp_path, capsys, counting):
+    calls = counting()
+    clip = _wav(tmp_path / "tone.wav", _tone(0.5))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, out, err = run_cli(capsys, "transcribe", clip, "--output-dir", blocker / "out")
+    assert code == cli.EXIT_USAGE
+    assert out == "" and calls.paths == []
+    assert asr_lines(err) == [
+        f"asr: error: --output-dir {blocker / 'out'}: cannot create it (Not a directory)"
+    ]
+
+
 def test_unknown_language_fails_once_for_a_whole_batch(tmp_path, capsys, counting):
     """An option error is one problem, reported once, not once per file of the batch."""
     calls = counting()
