@@ -56,29 +56,27 @@ def to_ct2(model: Whisper) -> dict[str, np.ndarray]:
     for conv in ("conv1", "conv2"):
         lin(f"encoder/{conv}", f"encoder.{conv}")
     v["encoder/position_encodings/encodings"] = sd["encoder.positional_embedding"]
-    for i in range(d.n_audio_layer):
-        s, t = f"encoder.blocks.{i}", f"encoder/layer_{i}"
+
+    def block(t: str, s: str) -> None:  # what encoder and decoder blocks share
         norm(f"{t}/self_attention/layer_norm", f"{s}.attn_ln")
         lin(f"{t}/self_attention/linear_0", f"{s}.attn.qkv")
         lin(f"{t}/self_attention/linear_1", f"{s}.attn.out")
         norm(f"{t}/ffn/layer_norm", f"{s}.mlp_ln")
         lin(f"{t}/ffn/linear_0", f"{s}.fc1")
         lin(f"{t}/ffn/linear_1", f"{s}.fc2")
+
+    for i in range(d.n_audio_layer):
+        block(f"encoder/layer_{i}", f"encoder.blocks.{i}")
     norm("encoder/layer_norm", "encoder.ln_post")
     v["decoder/embeddings/weight"] = sd["decoder.token_embedding.weight"]
     v["decoder/position_encodings/encodings"] = sd["decoder.positional_embedding"]
     for i in range(d.n_text_layer):
         s, t = f"decoder.blocks.{i}", f"decoder/layer_{i}"
-        norm(f"{t}/self_attention/layer_norm", f"{s}.attn_ln")
-        lin(f"{t}/self_attention/linear_0", f"{s}.attn.qkv")
-        lin(f"{t}/self_attention/linear_1", f"{s}.attn.out")
+        block(t, s)
         norm(f"{t}/attention/layer_norm", f"{s}.cross_attn_ln")
         lin(f"{t}/attention/linear_0", f"{s}.cross_attn.q")
         lin(f"{t}/attention/linear_1", f"{s}.cross_attn.kv")
         lin(f"{t}/attention/linear_2", f"{s}.cross_attn.out")
-        norm(f"{t}/ffn/layer_norm", f"{s}.mlp_ln")
-        lin(f"{t}/ffn/linear_0", f"{s}.fc1")
-        lin(f"{t}/ffn/linear_1", f"{s}.fc2")
     norm("decoder/layer_norm", "decoder.ln")
     v["encoder/num_heads"] = np.array(d.n_audio_head, dtype=np.int16)
     v["decoder/num_heads"] = np.array(d.n_text_head, dtype=np.int16)
