@@ -17,6 +17,9 @@ class Segment:
     tokens: list[int]
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+    # Per token: True if the draft proposed it and the target accepted it, False if the target wrote it
+    # itself (after a rejection, as its bonus token, or with no draft). Aligned with `tokens`.
+    drafted: list[bool] = field(default_factory=list)
 
 
 @dataclass

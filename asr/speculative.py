@@ -61,6 +61,7 @@ class LoopResult:
     tokens: list[int]  # sampled tokens, without EOT
     sum_logprob: float
     first_logits: Tensor  # the first pass's logits over the prompt, shape = (n_prompt, n_vocab)
+    drafted: list[bool] = field(default_factory=list)  # per token: proposed by the draft and accepted
     n_target_passes: int = 0
     n_draft_passes: int = 0
     n_proposed: int = 0
@@ -126,12 +127,13 @@ def decode_loop(
             result.accepted_lengths[verdict.n_accepted] += 1
         draft_length.update(len(draft), verdict.n_accepted)
         # 4. commit, stopping at EOT or the length limit exactly where plain decoding would
-        for token, logprob in zip(verdict.tokens, verdict.logprobs, strict=True):
+        for i, (token, logprob) in enumerate(zip(verdict.tokens, verdict.logprobs, strict=True)):
             result.sum_logprob += logprob
             if token == eot:
                 done = True
                 break
             tokens.append(token)
+            result.drafted.append(i < verdict.n_accepted)
             if len(tokens) - sample_begin >= sample_len:
                 done = True
                 break

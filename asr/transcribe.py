@@ -232,7 +232,11 @@ def _segments(
         pieces, seek_frames = _split_by_timestamps(result.tokens, tokenizer.timestamp_begin, segment_size)
         seek += max(seek_frames, 1)
         window_end = time_offset + segment_duration
+        drafted = result.loop.drafted or [False] * len(result.tokens)
+        offset = 0  # pieces are consecutive slices of the window's tokens
         for piece_tokens, start_rel, end_rel in pieces:
+            piece_drafted = drafted[offset : offset + len(piece_tokens)]
+            offset += len(piece_tokens)
             text = tokenizer.decode(piece_tokens)
             all_tokens.extend(piece_tokens)
             if not text.strip():
@@ -247,6 +251,7 @@ def _segments(
                 tokens=piece_tokens,
                 avg_logprob=result.avg_logprob,
                 no_speech_prob=result.no_speech_prob,
+                drafted=piece_drafted,
             )
             next_id += 1
     _finish_stats(model, info, t_start, reference)

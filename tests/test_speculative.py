@@ -87,6 +87,20 @@ def test_target_as_its_own_draft_accepts_everything(target, timestamps):
     assert spec.no_speech_prob == pytest.approx(plain.no_speech_prob, abs=1e-5)
 
 
+def test_each_token_says_whether_the_draft_wrote_it(target):
+    features = _features(target, 2)
+    options = DecodingOptions(timestamps=False, sample_len=24)
+    own = DecoderDrafter("target", target.model.decoder, target.tokenizer.eot, share_cross=True)
+    spec = _run(target, options, features, own, k=4)
+    drafted = spec.loop.drafted
+    assert len(drafted) == len(spec.tokens) and sum(drafted) == spec.loop.n_accepted
+    # every target pass writes one token of its own after the accepted ones: the first token (from the
+    # prompt pass) and the one after each full accept of 4
+    assert drafted[0] is False and drafted[1:5] == [True] * 4 and drafted[5] is False
+    plain = _run(target, options, features)
+    assert plain.loop.drafted == [False] * len(plain.tokens)
+
+
 def test_eot_and_length_limit_inside_a_draft(target):
     features = _features(target, 3)
     own = DecoderDrafter("target", target.model.decoder, target.tokenizer.eot, share_cross=True)
