@@ -1,0 +1,287 @@
+"""Pure rendering: a finished transcription -> the HTML, figure and rows the page shows.
+
+Nothing here touches Gradio or a model's weights: every function takes plain data (stats, segments, a
+tokenizer) and returns a string or a matplotlib figure, so each is tested directly.
+
+Colours are one pair used everywhere on the page: green for tokens the draft proposed and the target
+accepted, amber for tokens the target wrote itself (after a rejection, as the bonus token of a pass, or
+with no draft). Inline styles only, with explicit text colours: the page looks the same in Gradio's light
+and dark themes and needs no stylesheet from anywhere.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from asr.audio import TIME_PRECISION
+from asr.results import Segment
+
+DRAFT_COLOUR = "#16a34a"  # accepted draft tokens (text and bars)
+DRAFT_BACKGROUND = "#dcfce7"
+TARGET_COLOUR = "#d97706"  # tokens the target wrote itself
+TARGET_BACKGROUND = "#fef3c7"
+TEXT_COLOUR = "#111827"
+MUTED_COLOUR = "#4b5563"
+CARD_BACKGROUND = "#f9fafb"
+BORDER_COLOUR = "#e5e7eb"
+
+# Stages of `stats["time_s"]` in the order they run, with the names the page gives them. "decode" holds the
+# draft and target passes, so the rest of it is shown as its own bar (verification, bookkeeping, Python).
+STAGES = (
+    ("load_audio", "load audio"),
+    ("mel", "log-mel"),
+    ("encoder", "encoder"),
+    ("cross_kv", "cross-attention K/V"),
+    ("draft", "draft passes"),
+    ("target", "target passes"),
+    ("decode_other", "rest of the token loop"),
+)
+SPEEDUP_KINDS = {
+    "measured": "measured: the model alone also decoded this input",
+    "estimated": "estimated from this machine's single-pass time; tick the comparison box to measure it",
+    "baseline": "plain decoding: no draft, nothing to compare",
+}
+
+
+def format_time(seconds: float) -> str:
+    """`M:SS.ss`, or `H:MM:SS.ss` from an hour on."""
+    seconds = max(0.0, seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{int(hours)}:{int(minutes):02d}:{secs:05.2f}"
+    return f"{int(minutes)}:{secs:05.2f}"
+
+
+def _card(title: str, value: str, note: str = "", accent: str = TEXT_COLOUR) -> str:
+    return (
+        f'<div class="asr-card" style="flex:1 1 9.5rem;min-width:9.5rem;padding:0.6rem 0.8rem;'
+        f"border:1px solid {BORDER_COLOUR};border-radius:0.5rem;background:{CARD_BACKGROUND};"
+        f'color:{TEXT_COLOUR}">'
+        f'<div style="font-size:0.8rem;color:{MUTED_COLOUR}">{html.escape(title)}</div>'
+        f'<div style="font-size:1.5rem;font-weight:600;color:{accent};line-height:1.3">'
+        f"{html.escape(value)}</div>"
+        f'<div style="font-size:0.75rem;color:{MUTED_COLOUR}">{html.escape(note)}</div>'
+        "</div>"
+    )
+
+
+def _ratio(value: Any) -> str:
+    return f"{value:.2f}×" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def figures_html(stats: dict[str, Any], duration_s: float, language: str) -> str:
+    """The headline figures as cards, a line saying what ran, and the time per stage as bars."""
+    kind = stats.get("speedup_kind", "")
+    speedup_note = kind or "n/a"
+    if kind == "measured" and stats.get("speedup_end_to_end") is not None:
+        speedup_note = f"measured · end to end {_ratio(stats['speedup_end_to_end'])}"
+    identical = stats.get("identical_to_target")
+    if identical is True:
+        identity = ("yes", "checked token by token" if kind == "measured" else "plain decoding", DRAFT_COLOUR)
+    elif identical is False:
+        identity = ("NO", "differs from the model alone: please report it", "#dc2626")
+    else:
+        identity = ("not checked", "tick the comparison box to check", MUTED_COLOUR)
+    rate = stats.get("acceptance_rate")
+    if stats.get("draft") == "none":
+        acceptance = ("—", "no draft")
+    elif rate is None:
+        acceptance = ("n/a", "nothing proposed")
+    else:
+        acceptance = (f"{rate:.0%}", f"{stats.get('accepted', 0)} of {stats.get('proposed', 0)} proposed")
+    cards = [
+        _card("speedup (decode phase)", _ratio(stats.get("speedup")), speedup_note, DRAFT_COLOUR),
+        _card("same output as the model alone", identity[0], identity[1], identity[2]),
+        _card("draft acceptance", *acceptance),
+        _card(
+            "tokens per target pass",
+            f"{stats.get('tokens_per_target_pass', 0.0):.1f}",
+            f"{stats.get('n_tokens', 0)} tokens",
+        ),
+        _card(
+            "target / draft passes",
+            f"{stats.get('target_passes', 0)} / {stats.get('draft_passes', 0)}",
+            f"{stats.get('tokens_per_s', 0.0):.0f} tokens/s",
+        ),
+    ]
+    mode = f"beam search ({stats['beam_size']} beams)" if stats.get("beam_size") else "greedy"
+    what_ran = (
+        f"{duration_s:.1f} s of audio, language {language} · target {stats.get('target')} "
+        f"({stats.get('dtype')}, {stats.get('device')}) · draft {stats.get('draft')}"
+        + (f", k {stats.get('draft_k')}" if stats.get("draft") != "none" else "")
+        + f" · {mode}"
+    )
+    basis = SPEEDUP_KINDS.get(kind, "")
+    return (
+        f'<div class="asr-figures" style="color:{TEXT_COLOUR}">'
+        f'<div style="display:flex;flex-wrap:wrap;gap:0.5rem">{"".join(cards)}</div>'
+        f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin:0.4rem 0 0.6rem">'
+        f"{html.escape(what_ran)}<br>speedup {html.escape(basis)}</div>"
+        f"{stage_times_html(stats.get('time_s', {}))}"
+        "</div>"
+    )
+
+
+def stage_times_html(times: dict[str, float]) -> str:
+    """Time per stage as horizontal bars, each as a share of the total."""
+    values = {key: float(times.get(key, 0.0)) for key, _ in STAGES if key != "decode_other"}
+    values["decode_other"] = max(0.0, float(times.get("decode", 0.0)) - values["draft"] - values["target"])
+    total = float(times.get("total", 0.0)) or sum(values.values()) or 1.0
+    rows = []
+    for key, label in STAGES:
+        seconds = values[key]
+        colour = {"draft": DRAFT_COLOUR, "target": TARGET_COLOUR}.get(key, "#6b7280")
+        width = max(0.5, min(100.0, 100 * seconds / total))
+        rows.append(
+            f'<div style="display:flex;align-items:center;gap:0.5rem;font-size:0.8rem;color:{TEXT_COLOUR}">'
+            f'<span style="flex:0 0 10rem;text-align:right">{label}</span>'
+            f'<span style="flex:1 1 auto;background:{BORDER_COLOUR};border-radius:3px;height:0.7rem">'
+            f'<span style="display:block;width:{width:.1f}%;height:100%;background:{colour};'
+            f'border-radius:3px"></span></span>'
+            f'<span style="flex:0 0 4.5rem;font-variant-numeric:tabular-nums">{seconds:.2f} s</span></div>'
+        )
+    return (
+        f'<div class="asr-stages" style="border:1px solid {BORDER_COLOUR};border-radius:0.5rem;'
+        f'padding:0.5rem 0.8rem;background:{CARD_BACKGROUND}">'
+        f'<div style="font-size:0.85rem;font-weight:600;color:{TEXT_COLOUR};margin-bottom:0.3rem">'
+        f"Time per stage (total {float(times.get('total', 0.0)):.2f} s)</div>{''.join(rows)}</div>"
+    )
+
+
+@dataclass(frozen=True)
+class TokenPiece:
+    """One unit of the speculation picture: text and who wrote it ("draft", "target" or "timestamp")."""
+
+    text: str
+    origin: str
+
+
+def token_pieces(segments: Sequence[Segment], tokenizer: Any) -> list[TokenPiece]:
+    """Every token of the transcript with its origin, in order.
+
+    A BPE token can hold part of a UTF-8 character; such tokens are joined with the next ones until the
+    text decodes, and the joined piece counts as drafted only if all its tokens were.
+    """
+    pieces: list[TokenPiece] = []
+    for segment in segments:
+        drafted = list(segment.drafted) + [False] * (len(segment.tokens) - len(segment.drafted))
+        pending: list[int] = []
+        pending_drafted = True
+        # Timestamp tokens count from the start of their 30-s window; the segment's start is its first one.
+        first = segment.tokens[0] if segment.tokens else 0
+        window_offset = segment.start
+        if first >= tokenizer.timestamp_begin:
+            window_offset -= (first - tokenizer.timestamp_begin) * TIME_PRECISION
+        for token, was_drafted in zip(segment.tokens, drafted, strict=False):
+            if token >= tokenizer.timestamp_begin:
+                seconds = window_offset + (token - tokenizer.timestamp_begin) * TIME_PRECISION
+                pieces.append(TokenPiece(format_time(seconds), "timestamp"))
+                continue
+            if token >= tokenizer.eot:  # a special token: never part of the text
+                continue
+            pending.append(token)
+            pending_drafted = pending_drafted and was_drafted
+            text = tokenizer.decode(pending)
+            if "\ufffd" in text and len(pending) < 4:
+                continue
+            pieces.append(TokenPiece(text, "draft" if pending_drafted else "target"))
+            pending, pending_drafted = [], True
+        if pending:
+            pieces.append(TokenPiece(tokenizer.decode(pending), "draft" if pending_drafted else "target"))
+    return pieces
+
+
+def speculation_html(pieces: Sequence[TokenPiece]) -> str:
+    """The transcript with each token coloured by who wrote it, under a legend."""
+    n_draft = sum(p.origin == "draft" for p in pieces)
+    n_target = sum(p.origin == "target" for p in pieces)
+    styles = {
+        "draft": f"background:{DRAFT_BACKGROUND};border-bottom:2px solid {DRAFT_COLOUR}",
+        "target": f"background:{TARGET_BACKGROUND};border-bottom:2px solid {TARGET_COLOUR}",
+        "timestamp": f"color:{MUTED_COLOUR};font-size:0.7rem;border:1px solid {BORDER_COLOUR}",
+    }
+    titles = {
+        "draft": "proposed by the draft, accepted by the target",
+        "target": "written by the target",
+        "timestamp": "timestamp token",
+    }
+    spans = [
+        f'<span class="asr-tok asr-tok-{p.origin}" title="{titles[p.origin]}" '
+        f'style="{styles[p.origin]};white-space:pre-wrap;border-radius:3px;padding:0 1px;margin:0 1px">'
+        f"{html.escape(p.text)}</span>"
+        for p in pieces
+    ]
+    legend = (
+        f'<span style="{styles["draft"]};padding:0 4px;border-radius:3px">drafted and accepted</span> '
+        f"{n_draft} &nbsp; "
+        f'<span style="{styles["target"]};padding:0 4px;border-radius:3px">written by the target</span> '
+        f"{n_target}"
+    )
+    return (
+        f'<div class="asr-speculation" style="color:{TEXT_COLOUR}">'
+        f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin-bottom:0.4rem">{legend}</div>'
+        f'<div style="line-height:2;font-size:1rem;background:#ffffff;border:1px solid {BORDER_COLOUR};'
+        f'border-radius:0.5rem;padding:0.5rem 0.7rem">{"".join(spans) or "(no tokens)"}</div></div>'
+    )
+
+
+def accepted_per_pass(segments: Sequence[Segment]) -> list[int]:
+    """Draft tokens accepted in each target pass, in transcript order, recovered from `Segment.drafted`.
+
+    A pass commits its accepted draft tokens (True) and then one token of the target's own (False), so each
+    False closes a pass; a run of True at the very end is a pass that stopped at end-of-text. Tokens of
+    segments that were dropped (no text) are not in `segments`, so this is the transcript's view.
+    """
+    lengths: list[int] = []
+    run = 0
+    for segment in segments:
+        for was_drafted in segment.drafted:
+            if was_drafted:
+                run += 1
+            else:
+                lengths.append(run)
+                run = 0
+    if run:
+        lengths.append(run)
+    return lengths
+
+
+def acceptance_figure(lengths: Sequence[int], drafting: bool) -> Figure:
+    """Stacked bars per target pass: accepted draft tokens (green) plus the target's own token (amber)."""
+    figure = Figure(figsize=(7.0, 2.6), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    passes = list(range(1, len(lengths) + 1))
+    axes.bar(passes, lengths, color=DRAFT_COLOUR, width=0.8, label="draft tokens accepted")
+    axes.bar(passes, [1] * len(lengths), bottom=lengths, color=TARGET_COLOUR, width=0.8, label="target's own")
+    axes.set_xlabel("target pass, along the transcript")
+    axes.set_ylabel("tokens")
+    title = "Tokens per target pass" if drafting else "Tokens per target pass (no draft: one each)"
+    axes.set_title(title, fontsize=10, loc="left")
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.yaxis.get_major_locator().set_params(integer=True)
+    if len(passes) <= 40:
+        axes.set_xticks(passes if len(passes) <= 20 else passes[::2])
+    axes.legend(loc="upper right", fontsize=8, frameon=False, ncols=2)
+    axes.set_ylim(0, max([*lengths, 0]) + 1.8)
+    return figure
+
+
+def segments_html(segments: Sequence[Segment]) -> str:
+    """Segment times and text as a table."""
+    rows = "".join(
+        f'<tr><td style="padding:2px 10px 2px 0;color:{MUTED_COLOUR};white-space:nowrap;'
+        f'font-variant-numeric:tabular-nums">{format_time(s.start)} → {format_time(s.end)}</td>'
+        f'<td style="padding:2px 0">{html.escape(s.text.strip())}</td></tr>'
+        for s in segments
+    )
+    return (
+        f'<table class="asr-segments" style="border-collapse:collapse;font-size:0.9rem;color:{TEXT_COLOUR}">'
+        f"{rows}</table>"
+    )

@@ -1,0 +1,128 @@
+"""The page: `build_demo(settings)` wires components to `app.handlers.transcribe_audio`.
+
+Nothing is loaded here: models load on the first request that needs them. `launch_options(settings)` gives
+the arguments `Blocks.launch` needs to enforce the same settings (upload size, the samples folder).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from . import handlers
+from .handlers import AUTO_LANGUAGE, BEAM, GREEDY, AppSettings
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"  # absent when installed without the repo
+SAMPLE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
+CACHE_CLEANUP = (1800, 3600)  # every 30 min, uploads and outputs older than an hour are deleted
+
+INTRO = """
+# Whisper, offline, with speculative decoding
+Upload or record speech and press **Transcribe**. A cheap *draft* proposes a few tokens; Whisper (the
+*target*) checks them all in one pass and keeps the ones it would have written itself. The transcript is
+exactly the target's own, produced with fewer target passes: the figures show how much faster it was and
+where the draft was right.
+"""
+
+
+def _examples(samples_dir: Path | None) -> list[list[str]]:
+    if samples_dir is None or not samples_dir.is_dir():
+        return []
+    return [[str(p)] for p in sorted(samples_dir.iterdir()) if p.suffix.lower() in SAMPLE_SUFFIXES]
+
+
+def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = SAMPLES_DIR) -> gr.Blocks:
+    """The whole app, queued with the settings' concurrency limit; launch it with `launch_options`."""
+    settings = settings or AppSettings()
+    models = handlers.model_choices()
+    default_model = handlers.DEFAULT_MODEL if handlers.DEFAULT_MODEL in models else models[0]
+    with gr.Blocks(
+        title="asr: speculative Whisper", analytics_enabled=False, delete_cache=CACHE_CLEANUP
+    ) as demo:
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                audio = gr.Audio(
+                    sources=["upload", "microphone"],
+                    type="filepath",
+                    label="Audio: upload a file or record",
+                    elem_id="audio-input",
+                )
+                examples = _examples(samples_dir)
+                if examples:
+                    gr.Examples(examples, inputs=[audio], label="Examples (synthetic speech, samples/)")
+                with gr.Accordion("Options", open=True):
+                    with gr.Row():
+                        model = gr.Dropdown(models, value=default_model, label="Target model")
+                        draft = gr.Dropdown(
+                            handlers.draft_choices(models),
+                            value="self",
+                            label="Draft",
+                            info="self: a cheap fp16 copy of the target; none: plain decoding",
+                        )
+                    with gr.Row():
+                        decoding = gr.Radio([GREEDY, BEAM], value=GREEDY, label="Decoding")
+                        beam_size = gr.Slider(2, 8, value=5, step=1, label="Beams", interactive=False)
+                    with gr.Row():
+                        language = gr.Dropdown(
+                            handlers.language_choices(),
+                            value=AUTO_LANGUAGE,
+                            label="Language",
+                            allow_custom_value=True,
+                        )
+                        task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task")
+                    timestamps = gr.Checkbox(value=True, label="Timestamps (segment times)")
+                    compare = gr.Checkbox(
+                        value=True,
+                        label="Also run the target alone: measure the speedup and confirm identical output",
+                    )
+                run = gr.Button("Transcribe", variant="primary", size="lg", elem_id="transcribe-button")
+                gr.Markdown(
+                    f"Limits: {settings.max_upload_mb:g} MB per file, "
+                    f"{settings.max_duration_s / 60:g} min of audio.",
+                    elem_id="limits",
+                )
+            with gr.Column(scale=3, min_width=400):
+                transcript = gr.Textbox(
+                    label="Transcript", lines=3, max_lines=12, buttons=["copy"], elem_id="transcript"
+                )
+                figures = gr.HTML(label="Figures", elem_id="figures")
+                with gr.Group():
+                    gr.Markdown("### Where the draft was right", elem_id="speculation-title")
+                    speculation = gr.HTML(label="Speculation", elem_id="speculation")
+                    plot = gr.Plot(label="Tokens per target pass", elem_id="acceptance-plot", format="png")
+                segments = gr.HTML(label="Segments", elem_id="segments")
+                files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+        decoding.change(
+            lambda choice: gr.Slider(interactive=choice == BEAM),
+            inputs=[decoding],
+            outputs=[beam_size],
+            api_visibility="private",
+            queue=False,
+        )
+        run.click(
+            functools.partial(handlers.transcribe_audio, settings=settings),
+            inputs=[audio, model, draft, decoding, beam_size, language, task, timestamps, compare],
+            outputs=[transcript, figures, speculation, plot, segments, files],
+            api_name="transcribe",
+            concurrency_limit=settings.concurrency_limit,
+        )
+    demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.max_queue)
+    return demo
+
+
+def launch_options(
+    settings: AppSettings | None = None, samples_dir: Path | None = SAMPLES_DIR
+) -> dict[str, Any]:
+    """Arguments for `demo.launch(...)` that enforce the settings."""
+    settings = settings or AppSettings()
+    allowed = [str(samples_dir)] if samples_dir is not None and samples_dir.is_dir() else []
+    return {
+        "max_file_size": settings.max_upload_bytes,
+        "allowed_paths": allowed,
+        "footer_links": ["api"],
+        "run_history": False,
+    }

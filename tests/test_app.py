@@ -1,0 +1,409 @@
+"""The web app (issue #5), two ways: its handlers and renderers called directly, and the running app through
+gradio_client (`/transcribe` with a real clip, then every kind of bad input, then a real clip again).
+
+The browser test is tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+gr = pytest.importorskip("gradio", reason="the app's dependencies are not installed: pip install -e '.[app]'")
+
+from app import render  # noqa: E402
+from app.__main__ import build_parser  # noqa: E402
+from app.handlers import (  # noqa: E402
+    BEAM,
+    GREEDY,
+    AppSettings,
+    decoding_options,
+    transcribe_audio,
+    write_downloads,
+)
+from app.ui import build_demo, launch_options  # noqa: E402
+from asr.results import Segment, TranscriptionResult  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JFK = "audio/jfk/jfk.wav"
+JFK_TEXT = (
+    "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+)
+WAIT = "audio/librispeech/1089-134691-0000.flac"  # 2 s
+WAIT_TEXT = "he could wait no longer"
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def error_message(excinfo: pytest.ExceptionInfo) -> str:
+    return excinfo.value.message
+
+
+class FakeTokenizer:
+    """Token ids < 100 are text ("t<id> "), 100 is EOT, from 110 on timestamps (0.02 s each)."""
+
+    eot = 100
+    timestamp_begin = 110
+
+    def decode(self, tokens: list[int]) -> str:
+        # 7 is the first half of a UTF-8 character: alone it decodes to U+FFFD, with 8 to "é"
+        text = "".join("\ufffd" if t == 7 else "é" if t == 8 else f"t{t} " for t in tokens if t < self.eot)
+        return text.replace("\ufffdé", "é")
+
+
+def segment(tokens: list[int], drafted: list[bool], start: float = 0.0, end: float = 1.0) -> Segment:
+    return Segment(id=0, start=start, end=end, text="x", tokens=tokens, drafted=drafted)
+
+
+# --- rendering, no model --------------------------------------------------------------------------------
+
+
+def test_format_time():
+    assert render.format_time(0) == "0:00.00"
+    assert render.format_time(65.5) == "1:05.50"
+    assert render.format_time(3725.25) == "1:02:05.25"
+    assert render.format_time(-1) == "0:00.00"
+
+
+def test_accepted_per_pass_reads_runs_of_drafted_tokens():
+    # pass 1: the target's own token; pass 2: 3 accepted + 1; pass 3: 0 accepted + 1; pass 4: 2 accepted, EOT
+    segments = [
+        segment([1, 2, 3], [False, True, True]),
+        segment([4, 5, 6, 7, 8], [True, False, False, True, True]),
+    ]
+    assert render.accepted_per_pass(segments) == [0, 3, 0, 2]
+    assert render.accepted_per_pass([segment([1, 2], [False, False])]) == [0, 0]
+    assert render.accepted_per_pass([]) == []
+
+
+def test_token_pieces_mark_origin_timestamps_and_whole_characters():
+    tok = FakeTokenizer()
+    # a window starting at 30 s: the segment's first timestamp <|1.00|> is at 31 s
+    seg = segment([160, 1, 2, 7, 8, 3, 170], [False, True, False, True, True, True, False], start=31.0)
+    pieces = render.token_pieces([seg], tok)
+    assert pieces == [
+        render.TokenPiece("0:31.00", "timestamp"),
+        render.TokenPiece("t1 ", "draft"),
+        render.TokenPiece("t2 ", "target"),
+        render.TokenPiece("é", "draft"),  # two tokens, one character, both drafted
+        render.TokenPiece("t3 ", "draft"),
+        render.TokenPiece("0:31.20", "timestamp"),
+    ]
+    mixed = render.token_pieces([segment([7, 8], [True, False])], tok)
+    assert mixed == [render.TokenPiece("é", "target")]  # drafted only if all its tokens were
+
+
+def test_speculation_html_colours_each_token_and_escapes_text():
+    pieces = [render.TokenPiece("<b>hi", "draft"), render.TokenPiece(" there", "target")]
+    page = render.speculation_html(pieces)
+    assert page.count('class="asr-tok asr-tok-draft"') == 1
+    assert page.count('class="asr-tok asr-tok-target"') == 1
+    assert "&lt;b&gt;hi" in page and "<b>hi" not in page
+    assert "drafted and accepted</span> 1" in page and "written by the target</span> 1" in page
+
+
+def _stats(**overrides):
+    stats = {
+        "target": "base",
+        "draft": "self",
+        "draft_k": "adaptive",
+        "beam_size": None,
+        "device": "cpu",
+        "dtype": "float32",
+        "n_tokens": 27,
+        "proposed": 30,
+        "accepted": 22,
+        "acceptance_rate": 22 / 30,
+        "tokens_per_target_pass": 5.4,
+        "target_passes": 5,
+        "draft_passes": 30,
+        "tokens_per_s": 60.0,
+        "time_s": {
+            "load_audio": 0.01,
+            "mel": 0.02,
+            "encoder": 0.5,
+            "cross_kv": 0.01,
+            "draft": 0.2,
+            "target": 0.2,
+            "decode": 0.45,
+            "total": 1.0,
+        },
+        "speedup": 1.41,
+        "speedup_kind": "estimated",
+        "identical_to_target": None,
+    }
+    return stats | overrides
+
+
+def test_figures_html_labels_the_speedup_and_the_identity_check():
+    estimated = render.figures_html(_stats(), 11.0, "en")
+    assert "1.41×" in estimated and "estimated" in estimated and "not checked" in estimated
+    assert (
+        "73%" in estimated
+        and "22 of 30 proposed" in estimated
+        and "5.4" in estimated
+        and "5 / 30" in estimated
+    )
+    measured = render.figures_html(
+        _stats(speedup_kind="measured", speedup_end_to_end=1.2, identical_to_target=True), 11.0, "en"
+    )
+    assert "measured · end to end 1.20×" in measured and "checked token by token" in measured
+    differs = render.figures_html(_stats(speedup_kind="measured", identical_to_target=False), 11.0, "en")
+    assert ">NO<" in differs
+    plain = render.figures_html(
+        _stats(draft="none", speedup=1.0, speedup_kind="baseline", acceptance_rate=None), 3.0, "de"
+    )
+    assert "baseline" in plain and "no draft" in plain and "language de" in plain
+    beam = render.figures_html(_stats(beam_size=4, speedup=None), 3.0, "en")
+    assert "beam search (4 beams)" in beam and "n/a" in beam
+
+
+def test_stage_times_show_every_stage_and_the_rest_of_the_loop():
+    page = render.stage_times_html(_stats()["time_s"])
+    for _, label in render.STAGES:
+        assert label in page
+    assert "0.05 s" in page  # decode 0.45 - draft 0.2 - target 0.2
+    assert "total 1.00 s" in page
+
+
+def test_acceptance_figure_stacks_accepted_and_own_tokens():
+    figure = render.acceptance_figure([0, 3, 2], drafting=True)
+    bars = figure.axes[0].patches
+    assert [b.get_height() for b in bars] == [0, 3, 2, 1, 1, 1]
+    assert [b.get_y() for b in bars[3:]] == [0, 3, 2]
+
+
+def test_segments_html_lists_times_and_text():
+    page = render.segments_html(
+        [Segment(0, 0.0, 2.5, " Hello <there>", []), Segment(1, 2.5, 61.0, " Bye", [])]
+    )
+    assert "0:00.00 → 0:02.50" in page and "Hello &lt;there&gt;" in page and "1:01.00" in page
+
+
+# --- handler pieces, no model ---------------------------------------------------------------------------
+
+
+def test_decoding_options_from_the_page():
+    options = decoding_options("self", GREEDY, 5, "auto", "transcribe", True)
+    assert (options.language, options.beam_size, options.draft, options.timestamps) == (
+        None,
+        None,
+        "self",
+        True,
+    )
+    options = decoding_options("none", BEAM, 3.0, "German (de)", "translate", False)
+    assert (options.language, options.beam_size, options.task, options.timestamps) == (
+        "de",
+        3,
+        "translate",
+        False,
+    )
+    assert decoding_options("self", GREEDY, 5, " FR ", "transcribe", True).language == "fr"
+    with pytest.raises(gr.Error, match="Beam size must be a whole number"):
+        decoding_options("self", BEAM, 2.5, "auto", "transcribe", True)
+    with pytest.raises(gr.Error, match="Unknown decoding"):
+        decoding_options("self", "sampling", 5, "auto", "transcribe", True)
+
+
+def test_app_settings_are_validated():
+    assert AppSettings(max_upload_mb=1).max_upload_bytes == 1024 * 1024
+    for bad in ({"max_upload_mb": 0}, {"max_duration_s": float("nan")}, {"concurrency_limit": 0}):
+        with pytest.raises(ValueError):
+            AppSettings(**bad)
+
+
+def test_input_files_are_checked_before_any_model_loads(tmp_path, monkeypatch):
+    import app.handlers as handlers
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded for an input that is refused")
+
+    monkeypatch.setattr(handlers, "load_model", no_model)
+    cases = {
+        None: "No audio: upload a file or record",
+        "": "No audio: upload a file or record",
+        str(tmp_path / "gone.wav"): "gone.wav: the upload is gone",
+    }
+    (tmp_path / "empty.wav").write_bytes(b"")
+    cases[str(tmp_path / "empty.wav")] = "empty.wav: the file is empty (0 bytes)"
+    (tmp_path / "big.wav").write_bytes(b"\0" * 2_000_000)
+    cases[str(tmp_path / "big.wav")] = r"big.wav: the file is 1.9 MB; the limit is 1 MB"
+    long = tmp_path / "long.wav"
+    sf.write(long, np.zeros(16000 * 3, dtype=np.float32), 16000)
+    cases[str(long)] = "long.wav: 3.0 s of audio; this server accepts up to 2.0 s"
+    settings = AppSettings(max_upload_mb=1, max_duration_s=2)
+    for audio, expected in cases.items():
+        with pytest.raises(gr.Error) as excinfo:
+            transcribe_audio(audio, settings=settings)
+        assert error_message(excinfo).startswith(expected), (audio, error_message(excinfo))
+        assert str(tmp_path) not in error_message(excinfo)  # names the file, not the server's path
+
+
+def test_write_downloads_names_files_after_the_input(tmp_path):
+    result = TranscriptionResult("Hi there.", "en", [Segment(0, 0.0, 1.5, " Hi there.", [1, 2])], 1.5, {})
+    paths = [Path(p) for p in write_downloads(result, "my talk (1).wav", root=tmp_path)]
+    assert [p.name for p in paths] == ["my_talk_1.txt", "my_talk_1.srt", "my_talk_1.vtt", "my_talk_1.json"]
+    assert paths[0].read_text() == "Hi there.\n"
+    assert "00:00:00,000 --> 00:00:01,500" in paths[1].read_text()
+    assert paths[2].read_text().startswith("WEBVTT")
+    assert json.loads(paths[3].read_text())["text"] == "Hi there."
+    again = write_downloads(result, "my talk (1).wav", root=tmp_path)
+    assert Path(again[0]).parent != paths[0].parent  # one folder per request: no request overwrites another
+
+
+def test_cli_defaults_to_loopback():
+    args = build_parser().parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
+    args = build_parser().parse_args(["--host", "0.0.0.0", "--port", "8000", "--max-duration", "60"])
+    assert (args.host, args.port, args.max_duration) == ("0.0.0.0", 8000, 60.0)
+
+
+def test_building_the_app_loads_no_model():
+    code = (
+        "import asr.models as m\n"
+        "from app.ui import build_demo\n"
+        "demo = build_demo()\n"
+        "names = [f.api_name for f in demo.fns.values()]\n"
+        "assert 'transcribe' in names, names\n"
+        "print(len(m._LOADED))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+
+
+def test_launch_options_enforce_the_upload_limit():
+    options = launch_options(AppSettings(max_upload_mb=3))
+    assert options["max_file_size"] == 3 * 1024 * 1024
+
+
+# --- real weights, handlers directly --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_transcribe_real_speech_with_comparison(speech_dir):
+    out = transcribe_audio(str(speech_dir / JFK), compare=True, timestamps=True)
+    assert normalize(out.transcript) == JFK_TEXT
+    assert "measured" in out.figures and "checked token by token" in out.figures
+    assert out.speculation.count("asr-tok-draft") > out.speculation.count("asr-tok-target") > 0
+    assert "0:00.00 →" in out.segments
+    assert len(out.plot.axes[0].patches) >= 2
+    files = {Path(p).suffix: Path(p) for p in out.files}
+    assert sorted(files) == [".json", ".srt", ".txt", ".vtt"]
+    assert all(p.stem == "jfk" for p in files.values())
+    assert normalize(json.loads(files[".json"].read_text())["text"]) == JFK_TEXT
+    assert " --> " in files[".srt"].read_text()
+
+
+@pytest.mark.slow
+def test_transcribe_plain_and_beam_without_timestamps(speech_dir):
+    plain = transcribe_audio(str(speech_dir / WAIT), draft="none", timestamps=False, compare=False)
+    assert normalize(plain.transcript) == WAIT_TEXT
+    assert "baseline" in plain.figures and plain.segments == ""
+    assert "asr-tok-draft" not in plain.speculation
+    beam = transcribe_audio(str(speech_dir / WAIT), decoding=BEAM, beam_size=2, compare=False)
+    assert normalize(beam.transcript) == WAIT_TEXT
+    assert "beam search (2 beams)" in beam.figures
+
+
+@pytest.mark.slow
+def test_bad_input_and_bad_options_are_one_line_errors(tmp_path, speech_dir):
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000 * 2, dtype=np.float32), 16000)
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + os.urandom(3000))
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio\n" * 50)
+    clip = str(speech_dir / WAIT)
+    cases = [
+        ((str(silent),), {}, "silent.wav: no speech found"),
+        ((str(corrupt),), {}, "corrupt.flac: "),
+        ((str(text),), {}, "notes.wav: is not a recognised audio format"),
+        ((clip,), {"model_name": "no-such-model"}, "no-such-model"),
+        ((clip,), {"model_name": "tiny.en", "language": "de"}, "language 'de' is not supported"),
+        ((clip,), {"draft": "tiny.en"}, "tiny.en"),
+    ]
+    for args, kwargs, expected in cases:
+        with pytest.raises(gr.Error) as excinfo:
+            transcribe_audio(*args, compare=False, **kwargs)
+        message = error_message(excinfo)
+        assert expected in message, message
+        assert "\n" not in message and "Traceback" not in message and str(tmp_path) not in message
+
+
+# --- the running app through gradio_client --------------------------------------------------------------
+
+
+@contextmanager
+def running_app(settings: AppSettings) -> Iterator[str]:
+    demo = build_demo(settings)
+    demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1", **launch_options(settings))
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_api_serves_bad_input_errors_and_keeps_serving(tmp_path, speech_dir):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000 * 2, dtype=np.float32), 16000)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF" + os.urandom(2000))
+    long = tmp_path / "long.wav"
+    sf.write(long, np.full(8000 * 25, 0.1, dtype=np.float32), 8000)  # 0.4 MB: under the upload limit
+    large = tmp_path / "large.wav"
+    sf.write(large, np.full(16000 * 15, 0.1, dtype=np.float32), 16000, subtype="FLOAT")  # 0.9 MB
+    clip = speech_dir / WAIT
+
+    with running_app(AppSettings(max_upload_mb=0.5, max_duration_s=20)) as url:
+        client = Client(url, verbose=False)
+        # audio alone: every other input has a default
+        first = client.predict(handle_file(str(clip)), api_name="/transcribe")
+        assert normalize(first[0]) == WAIT_TEXT
+        assert "measured" in first[1]
+        assert len(first[5]) == 4
+        bad = {
+            "nothing": (None, "No audio"),
+            "empty": (handle_file(str(empty)), "empty.wav: the file is empty"),
+            "silent": (handle_file(str(silent)), "silent.wav: no speech found"),
+            "corrupt": (handle_file(str(corrupt)), "corrupt.wav: "),
+            "too long": (handle_file(str(long)), "this server accepts up to 20.0 s"),
+        }
+        for name, (audio, expected) in bad.items():
+            with pytest.raises(AppError) as excinfo:
+                client.predict(audio, api_name="/transcribe")
+            assert expected in str(excinfo.value), (name, str(excinfo.value))
+        # too large: gradio_client checks the server's limit before sending, and the server refuses it too
+        with pytest.raises(ValueError, match="exceeds the maximum file size"):
+            client.predict(handle_file(str(large)), api_name="/transcribe")
+        with large.open("rb") as upload:
+            response = httpx.post(f"{url.rstrip('/')}/gradio_api/upload", files={"files": upload}, timeout=30)
+        assert response.status_code == 413, response.text
+        again = client.predict(
+            handle_file(str(clip)), "base", "self", GREEDY, 5, "en", api_name="/transcribe"
+        )
+        assert normalize(again[0]) == WAIT_TEXT
