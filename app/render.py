@@ -42,6 +42,19 @@ STAGES = (
     ("target", "target passes"),
     ("decode_other", "rest of the token loop"),
 )
+FIGURES_PLACEHOLDER = (
+    f'<div style="color:{MUTED_COLOUR};font-size:0.9rem;padding:0.5rem 0">After a transcription: the speedup '
+    "(measured or estimated), how many draft tokens the target accepted, tokens per target pass, target and "
+    "draft passes, and the time per stage.</div>"
+)
+SPECULATION_PLACEHOLDER = (
+    f'<div style="color:{MUTED_COLOUR};font-size:0.9rem">Every token of the transcript, '
+    f'<span style="background:{DRAFT_BACKGROUND};color:{TEXT_COLOUR};padding:0 4px;border-radius:3px">green'
+    "</span> where the draft proposed it and the target accepted it, "
+    f'<span style="background:{TARGET_BACKGROUND};color:{TEXT_COLOUR};padding:0 4px;border-radius:3px">amber'
+    "</span> where the target wrote it itself (after a rejection, or as the one token of its own each pass "
+    "adds); then the tokens each target pass produced.</div>"
+)
 SPEEDUP_KINDS = {
     "measured": "measured: the model alone also decoded this input",
     "estimated": "estimated from this machine's single-pass time; tick the comparison box to measure it",
@@ -61,11 +74,11 @@ def format_time(seconds: float) -> str:
 
 def _card(title: str, value: str, note: str = "", accent: str = TEXT_COLOUR) -> str:
     return (
-        f'<div class="asr-card" style="flex:1 1 9.5rem;min-width:9.5rem;padding:0.6rem 0.8rem;'
+        f'<div class="asr-card" style="flex:1 1 7rem;min-width:7rem;padding:0.5rem 0.6rem;'
         f"border:1px solid {BORDER_COLOUR};border-radius:0.5rem;background:{CARD_BACKGROUND};"
         f'color:{TEXT_COLOUR}">'
         f'<div style="font-size:0.8rem;color:{MUTED_COLOUR}">{html.escape(title)}</div>'
-        f'<div style="font-size:1.5rem;font-weight:600;color:{accent};line-height:1.3">'
+        f'<div style="font-size:1.35rem;font-weight:600;color:{accent};line-height:1.3">'
         f"{html.escape(value)}</div>"
         f'<div style="font-size:0.75rem;color:{MUTED_COLOUR}">{html.escape(note)}</div>'
         "</div>"
@@ -74,6 +87,13 @@ def _card(title: str, value: str, note: str = "", accent: str = TEXT_COLOUR) -> 
 
 def _ratio(value: Any) -> str:
     return f"{value:.2f}×" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _speedup_colour(stats: dict[str, Any]) -> str:
+    speedup = stats.get("speedup")
+    if not isinstance(speedup, (int, float)) or stats.get("speedup_kind") == "baseline":
+        return TEXT_COLOUR
+    return DRAFT_COLOUR if speedup >= 1 else TARGET_COLOUR
 
 
 def figures_html(stats: dict[str, Any], duration_s: float, language: str) -> str:
@@ -97,8 +117,8 @@ def figures_html(stats: dict[str, Any], duration_s: float, language: str) -> str
     else:
         acceptance = (f"{rate:.0%}", f"{stats.get('accepted', 0)} of {stats.get('proposed', 0)} proposed")
     cards = [
-        _card("speedup (decode phase)", _ratio(stats.get("speedup")), speedup_note, DRAFT_COLOUR),
-        _card("same output as the model alone", identity[0], identity[1], identity[2]),
+        _card("speedup (decode phase)", _ratio(stats.get("speedup")), speedup_note, _speedup_colour(stats)),
+        _card("same output as target alone", identity[0], identity[1], identity[2]),
         _card("draft acceptance", *acceptance),
         _card(
             "tokens per target pass",
@@ -106,7 +126,7 @@ def figures_html(stats: dict[str, Any], duration_s: float, language: str) -> str
             f"{stats.get('n_tokens', 0)} tokens",
         ),
         _card(
-            "target / draft passes",
+            "passes: target / draft",
             f"{stats.get('target_passes', 0)} / {stats.get('draft_passes', 0)}",
             f"{stats.get('tokens_per_s', 0.0):.0f} tokens/s",
         ),
@@ -255,11 +275,18 @@ def accepted_per_pass(segments: Sequence[Segment]) -> list[int]:
 
 def acceptance_figure(lengths: Sequence[int], drafting: bool) -> Figure:
     """Stacked bars per target pass: accepted draft tokens (green) plus the target's own token (amber)."""
-    figure = Figure(figsize=(7.0, 2.6), dpi=100, layout="constrained")
+    figure = Figure(figsize=(7.0, 2.3), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     passes = list(range(1, len(lengths) + 1))
-    axes.bar(passes, lengths, color=DRAFT_COLOUR, width=0.8, label="draft tokens accepted")
-    axes.bar(passes, [1] * len(lengths), bottom=lengths, color=TARGET_COLOUR, width=0.8, label="target's own")
+    axes.bar(passes, lengths, color=DRAFT_COLOUR, width=0.8, label="drafted and accepted")
+    axes.bar(
+        passes,
+        [1] * len(lengths),
+        bottom=lengths,
+        color=TARGET_COLOUR,
+        width=0.8,
+        label="written by the target",
+    )
     axes.set_xlabel("target pass, along the transcript")
     axes.set_ylabel("tokens")
     title = "Tokens per target pass" if drafting else "Tokens per target pass (no draft: one each)"
@@ -268,20 +295,27 @@ def acceptance_figure(lengths: Sequence[int], drafting: bool) -> Figure:
     axes.yaxis.get_major_locator().set_params(integer=True)
     if len(passes) <= 40:
         axes.set_xticks(passes if len(passes) <= 20 else passes[::2])
-    axes.legend(loc="upper right", fontsize=8, frameon=False, ncols=2)
-    axes.set_ylim(0, max([*lengths, 0]) + 1.8)
+    # above the axes, beside the title: never over a bar
+    axes.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, ncols=2)
+    axes.set_ylim(0, max([*lengths, 0]) + 1.2)
     return figure
 
 
 def segments_html(segments: Sequence[Segment]) -> str:
-    """Segment times and text as a table."""
+    """Segment times and text, one row each, in a box that scrolls past a dozen rows."""
     rows = "".join(
-        f'<tr><td style="padding:2px 10px 2px 0;color:{MUTED_COLOUR};white-space:nowrap;'
-        f'font-variant-numeric:tabular-nums">{format_time(s.start)} → {format_time(s.end)}</td>'
-        f'<td style="padding:2px 0">{html.escape(s.text.strip())}</td></tr>'
+        f'<div class="asr-segment" style="display:flex;gap:0.8rem;padding:1px 0">'
+        f'<span style="flex:0 0 auto;color:{MUTED_COLOUR};font-variant-numeric:tabular-nums">'
+        f"{format_time(s.start)} → {format_time(s.end)}</span>"
+        f"<span>{html.escape(s.text.strip())}</span></div>"
         for s in segments
     )
+    if not rows:
+        return ""
     return (
-        f'<table class="asr-segments" style="border-collapse:collapse;font-size:0.9rem;color:{TEXT_COLOUR}">'
-        f"{rows}</table>"
+        f'<div class="asr-segments" style="max-height:12rem;overflow-y:auto;border:1px solid {BORDER_COLOUR};'
+        f"border-radius:0.5rem;padding:0.4rem 0.7rem;background:{CARD_BACKGROUND};color:{TEXT_COLOUR};"
+        f'font-size:0.9rem">'
+        f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin-bottom:0.2rem">Segments</div>'
+        f"{rows}</div>"
     )

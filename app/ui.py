@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from . import handlers
+from . import handlers, render
 from .handlers import AUTO_LANGUAGE, BEAM, GREEDY, AppSettings
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"  # absent when installed without the repo
@@ -89,12 +89,11 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
                 transcript = gr.Textbox(
                     label="Transcript", lines=3, max_lines=12, buttons=["copy"], elem_id="transcript"
                 )
-                figures = gr.HTML(label="Figures", elem_id="figures")
-                with gr.Group():
-                    gr.Markdown("### Where the draft was right", elem_id="speculation-title")
-                    speculation = gr.HTML(label="Speculation", elem_id="speculation")
-                    plot = gr.Plot(label="Tokens per target pass", elem_id="acceptance-plot", format="png")
-                segments = gr.HTML(label="Segments", elem_id="segments")
+                segments = gr.HTML(elem_id="segments")
+                figures = gr.HTML(render.FIGURES_PLACEHOLDER, elem_id="figures")
+                gr.Markdown("### Where the draft was right", elem_id="speculation-title")
+                speculation = gr.HTML(render.SPECULATION_PLACEHOLDER, elem_id="speculation")
+                plot = gr.Plot(show_label=False, container=False, elem_id="acceptance-plot", format="png")
                 files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
         decoding.change(
             lambda choice: gr.Slider(interactive=choice == BEAM),
@@ -108,6 +107,7 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
             inputs=[audio, model, draft, decoding, beam_size, language, task, timestamps, compare],
             outputs=[transcript, figures, speculation, plot, segments, files],
             api_name="transcribe",
+            show_progress_on=[transcript],  # one progress bar (and one error badge), not one per output
             concurrency_limit=settings.concurrency_limit,
         )
     demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.max_queue)
