@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .drafting import Drafter, Window
 from .logit_filters import LogitFilter, apply_filters
 from .model import TextDecoder
-from .speculative import LoopResult
+from .speculative import DraftLength, LoopResult
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,73 @@ def rank(candidates: Sequence[BeamCandidate], length_penalty: float | None) -> B
     return max(candidates, key=score)
 
 
+# The draft's beam search keeps DRAFT_WIDTH x B beams: the target's B-th and (B+1)-th candidates are often
+# near ties that a draft ranks the other way; a wider draft beam keeps both in the tree.
+DRAFT_WIDTH = 2
+
+
+class ProposalTree:
+    """What the target scores in one pass, as one row per live beam (a root): the root's pending tokens
+    (those not in the cache yet: the prompt on the first pass, then its last token), then every node the
+    draft proposed below it, flat, each node seeing the cache, the pending tokens and its own ancestors.
+
+    nodes maps a sequence (prompt included) to the (row, slot) whose output is its next-token distribution.
+    """
+
+    def __init__(
+        self,
+        roots: list[list[int]],
+        pending: list[list[int]],
+        proposals: list[tuple[int, list[int]]],
+        n_cached: int,
+        pad: int,
+    ) -> None:
+        self.n_cached = n_cached
+        rows = [list(p) for p in pending]
+        self.parents = [list(range(-1, len(p) - 1)) for p in pending]  # per slot; -1: none
+        depths = [list(range(len(p))) for p in pending]
+        slot_of: dict[tuple[int, tuple[int, ...]], int] = {(r, ()): len(p) - 1 for r, p in enumerate(pending)}
+        self.nodes = {tuple(root): (r, len(pending[r]) - 1) for r, root in enumerate(roots)}
+        for origin, path in proposals:  # in step order: a node's parent comes before it
+            key = (origin, tuple(path))
+            if key in slot_of:
+                continue
+            parent = slot_of[(origin, key[1][:-1])]
+            slot_of[key] = slot = len(rows[origin])
+            rows[origin].append(path[-1])
+            self.parents[origin].append(parent)
+            depths[origin].append(depths[origin][parent] + 1)
+            self.nodes[(*roots[origin], *path)] = (origin, slot)
+        width = max(len(row) for row in rows)
+        self.tokens = [row + [pad] * (width - len(row)) for row in rows]
+        self.mask: Tensor | None = None
+        self.positions: Tensor | None = None
+        if proposals:
+            # padding sees the cache and itself: never read, and no row of the mask is empty
+            mask = torch.zeros(len(rows), width, n_cached + width, dtype=torch.bool)
+            mask[:, :, :n_cached] = True
+            for r, parents in enumerate(self.parents):
+                for slot in range(width):
+                    if slot < len(parents) and parents[slot] >= 0:
+                        mask[r, slot] = mask[r, parents[slot]]
+                    mask[r, slot, n_cached + slot] = True
+            self.mask = mask[:, None]
+            self.positions = torch.tensor([d + [0] * (width - len(d)) for d in depths]) + n_cached
+
+    def path_positions(self, row: int, slot: int) -> list[int]:
+        """The cache positions holding a node's sequence, in order: the cache, then its slots' ancestry."""
+        slots = []
+        while slot >= 0:
+            slots.append(self.n_cached + slot)
+            slot = self.parents[row][slot]
+        return [*range(self.n_cached), *reversed(slots)]
+
+
 @torch.inference_mode()
 def beam_search_loop(
     decoder: TextDecoder,
     audio_features: Tensor,
+    mel: Tensor,
     filters: Sequence[LogitFilter],
     initial_tokens: list[int],
     eot: int,
@@ -108,35 +172,104 @@ def beam_search_loop(
     beam_size: int,
     patience: float,
     length_penalty: float | None,
+    drafter: Drafter,
+    draft_length: DraftLength,
 ) -> LoopResult:
-    """Beam search over one window with the target alone. audio_features: shape = (1, n_ctx, d)."""
+    """Beam search over one window, speculative when the drafter proposes; plain with the `none` drafter.
+
+    Per pass: 1. the draft runs its own beam search from the B live beams for k steps (a tree of paths);
+    2. the target runs ONE batched pass over every path (a row per leaf, keys/values of its beam fanned
+    out to the rows); 3. beam selection is replayed step by step on the target's own log-probabilities
+    for as long as every beam it selects was scored in the pass, and the first step that leaves the tree
+    is still exact (its beams' distributions are known): so the beams, their scores and the winner are
+    plain beam search's (Leviathan et al. 2023, appendix A.4); 4. the cache keeps each new beam's parent
+    row, cropped to the committed length. audio_features: shape = (1, n_ctx, d).
+    """
     device = audio_features.device
     start = time.perf_counter()
-    cache = decoder.new_cache(audio_features, n_batch=beam_size)  # cross keys/values shared by the beams
+    draft_width = DRAFT_WIDTH * beam_size
+    cache = decoder.new_cache(audio_features, n_batch=beam_size)  # cross keys/values shared by the rows
     loop_start = time.perf_counter()
     result = LoopResult(tokens=[], sum_logprob=0.0, first_logits=torch.empty(0))
     result.cross_kv_time_s = loop_start - start
     search = BeamSearch(beam_size, patience, eot)
-    sequences: list[list[int]] = [[] for _ in range(beam_size)]
-    sum_logprobs = [0.0] * beam_size
-    inputs = torch.tensor([initial_tokens] * beam_size, device=device)
-    for _ in range(sample_len):
+    draft_passes_before = drafter.n_passes
+    # B identical empty beams at first: one root, one row, like openai's B rows of the same prompt
+    sequences: list[list[int]] = [[]]
+    sum_logprobs = [0.0]
+    drafted: dict[tuple[int, ...], list[bool]] = {(): []}  # per live or finished sequence, per token
+    pending = [list(initial_tokens)]
+    n_steps = 0
+    started = done = False
+    while not done:
+        roots = [initial_tokens + s for s in sequences]
+        # 1. the draft's tree (nothing on the first pass: the target's pass over the prompt comes first)
+        k = draft_length.next(sample_len - n_steps) if cache.length else 0
         start = time.perf_counter()
-        logits = decoder(inputs, cache)
+        if k and not started:
+            drafter.start(Window(audio_features, mel, filters, cache, roots[0], n_rows=draft_width))
+            started = True
+        proposals = drafter.propose_beams(roots, sum_logprobs, k, draft_width) if k else []
+        result.draft_time_s += time.perf_counter() - start
+        # 2. one target pass over every root's row: its pending tokens and its part of the tree
+        start = time.perf_counter()
+        tree = ProposalTree(roots, pending, proposals, cache.length, eot)
+        mask = tree.mask.to(device) if tree.mask is not None else None
+        positions = tree.positions.to(device) if tree.positions is not None else None
+        hidden = decoder.hidden(torch.tensor(tree.tokens, device=device), cache, mask, positions)
         result.target_time_s += time.perf_counter() - start
         result.n_target_passes += 1
         if not result.first_logits.numel():
-            result.first_logits = logits[0]
-        rows = logits[:, -1]
-        apply_filters(filters, rows, [initial_tokens + s for s in sequences])
-        logprobs = torch.log_softmax(rows, dim=-1)
-        sequences, sum_logprobs, sources = search.step(logprobs, sequences, sum_logprobs)
-        if search.done:
+            result.first_logits = decoder.project(hidden[0, : len(initial_tokens)])
+        # 3. replay beam selection on the target's distributions while the tree holds the live beams
+        n_steps_before = n_steps
+        while True:
+            where = [tree.nodes.get((*initial_tokens, *s)) for s in sequences]
+            if any(node is None for node in where) or done:
+                break
+            rows = [row for row, _ in where]  # type: ignore[misc]
+            slots = [slot for _, slot in where]  # type: ignore[misc]
+            start = time.perf_counter()
+            logits = decoder.project(hidden[rows, slots])
+            result.target_time_s += time.perf_counter() - start
+            if n_steps == 0:  # the first step: B copies of the one root (openai feeds B equal rows)
+                logits = logits.expand(beam_size, -1).clone()
+                sequences, sum_logprobs = sequences * beam_size, sum_logprobs * beam_size
+                rows, slots = rows * beam_size, slots * beam_size
+            apply_filters(filters, logits, [initial_tokens + s for s in sequences])
+            logprobs = torch.log_softmax(logits, dim=-1)
+            parents = sequences
+            sequences, sum_logprobs, sources = search.step(logprobs, parents, sum_logprobs)
+            n_steps += 1
+            for sequence in [*sequences, *(s[:-1] for s in search.finished)]:
+                if tuple(sequence) not in drafted:
+                    from_draft = (*initial_tokens, *sequence) in tree.nodes
+                    drafted[tuple(sequence)] = [*drafted[tuple(sequence[:-1])], from_draft]
+            parents_at = [(rows[i], slots[i]) for i in sources]
+            done = search.done or n_steps >= sample_len
+        if k:
+            n_accepted = min(n_steps - n_steps_before - 1, k)
+            result.n_proposed += k
+            result.n_accepted += n_accepted
+            result.accepted_lengths[n_accepted] += 1
+            draft_length.update(k, n_accepted)
+        if done:
             break
-        cache.reorder(torch.tensor(sources, device=device))
-        inputs = torch.tensor([[s[-1]] for s in sequences], device=device)
+        # 4. each new beam's cache row: its parent's keys/values, the tree's slots laid out as a sequence
+        start = time.perf_counter()
+        cache.select(
+            torch.tensor([row for row, _ in parents_at], device=device),
+            torch.tensor([tree.path_positions(row, slot) for row, slot in parents_at], device=device),
+        )
+        result.target_time_s += time.perf_counter() - start
+        pending = [[s[-1]] for s in sequences]
+        drafted = {tuple(s): drafted[tuple(s)] for s in [*sequences, *(f[:-1] for f in search.finished)]}
     best = rank(search.candidates(sequences, sum_logprobs), length_penalty)
     result.tokens = list(best.tokens)
     result.sum_logprob = best.sum_logprob
+    result.drafted = drafted[best.tokens]
+    result.n_beam_steps = n_steps
     result.decode_time_s = time.perf_counter() - loop_start
+    result.n_draft_passes = drafter.n_passes - draft_passes_before
+    result.fell_back = draft_length.fallen_back
     return result

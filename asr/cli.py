@@ -174,10 +174,9 @@ def _transcribe(args: argparse.Namespace) -> int:
             f"language {options.language!r} is not supported by {args.model!r}; "
             f"allowed: {', '.join(model.tokenizer.languages)}, auto"
         )
-    if options.beam_size is None:
-        from .drafting import make_drafter
+    from .drafting import make_drafter
 
-        make_drafter(options.draft, model)  # a bad or incompatible draft: one error, before any file
+    make_drafter(options.draft, model)  # a bad or incompatible draft: one error, before any file
     if args.output_dir is not None:
         try:  # after the option checks, before any work: a transcript that cannot be written is work lost
             args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -251,10 +250,19 @@ def _summary_line(name: str, stats: dict, duration_s: float) -> str:
     if stats["draft"] == "none":
         return line
     rate = stats["acceptance_rate"]
+    rate_text = f" ({rate:.0%})" if rate is not None else ""
+    if stats.get("beam_size"):
+        line += (
+            f" (k {stats['draft_k']}): {stats['accepted']}/{stats['proposed']} drafted beam steps confirmed"
+            f"{rate_text}, {stats['beam_steps_per_target_pass']:.1f} beam steps per target pass, "
+        )
+    else:
+        line += (
+            f" (k {stats['draft_k']}): {stats['accepted']}/{stats['proposed']} proposed tokens accepted"
+            f"{rate_text}, {stats['tokens_per_target_pass']:.1f} tokens per target pass, "
+        )
     line += (
-        f" (k {stats['draft_k']}): {stats['accepted']}/{stats['proposed']} proposed tokens accepted"
-        f"{f' ({rate:.0%})' if rate is not None else ''}, {stats['tokens_per_target_pass']:.1f} tokens per "
-        f"target pass, {stats['target_passes']} target + {stats['draft_passes']} draft passes "
+        f"{stats['target_passes']} target + {stats['draft_passes']} draft passes "
         f"(target {times['target']:.2f} s, draft {times['draft']:.2f} s); "
     )
     if stats["speedup"] is None:

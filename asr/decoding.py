@@ -152,8 +152,8 @@ class DecodingTask:
         drafter: Drafter | None = None,
         draft_length: DraftLength | None = None,
     ) -> DecodingResult:
-        """Decode one window: greedy, speculative when a drafter is given; or, with options.beam_size,
-        plain beam search with the target alone (speculative beam search is issue #4).
+        """Decode one window: greedy, or beam search with options.beam_size; speculative either way when a
+        drafter is given (the output is the same).
 
         audio_features: shape = (1, n_audio_ctx, n_audio_state), the target's encoder output;
         mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it).
@@ -163,6 +163,7 @@ class DecodingTask:
             loop = beam_search_loop(
                 self.model.model.decoder,
                 audio_features,
+                mel if mel is not None else torch.empty(0),
                 self.filters,
                 self.initial_tokens,
                 self.eot,
@@ -170,6 +171,8 @@ class DecodingTask:
                 options.beam_size,
                 options.patience or 1.0,
                 options.length_penalty,
+                drafter or Drafter(),
+                draft_length or DraftLength(),
             )
             return self._result(loop)
         loop = decode_loop(

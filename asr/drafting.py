@@ -41,6 +41,7 @@ class Window:
     filters: Sequence[LogitFilter]
     target_cache: KVCache  # the target's cache, after its pass over the prompt
     tokens: list[int]  # the committed tokens; the target's cache holds all but the last
+    n_rows: int = 1  # the rows a proposal continues: 1 for greedy, the beam size for beam search
 
 
 class Drafter:
@@ -51,6 +52,14 @@ class Drafter:
 
     def propose(self, tokens: list[int], k: int) -> list[int]:
         """Up to k tokens continuing `tokens` (the committed sequence, prompt included)."""
+        return []
+
+    def propose_beams(
+        self, roots: list[list[int]], root_scores: list[float], k: int, width: int
+    ) -> list[tuple[int, list[int]]]:
+        """A tree of continuations of the live beams `roots` (full sequences of equal length, prompt
+        included; root_scores their summed log-probabilities): the draft's own beam search of `width`
+        beams for up to k steps. Returns every beam it kept at every step as (root index, path)."""
         return []
 
     @property
@@ -78,7 +87,7 @@ class DecoderDrafter(Drafter):
         self.share_cross = share_cross
         self.eot = eot
         self.cache: KVCache | None = None
-        self.fed: list[int] = []  # the tokens whose keys/values are in self.cache
+        self.fed: list[list[int]] = []  # per cache row: the tokens whose keys/values it holds
         self.filters: Sequence[LogitFilter] = ()
         self._n_passes = 0
 
@@ -96,44 +105,101 @@ class DecoderDrafter(Drafter):
             # Start from the target's keys/values: no audio projection, and no prompt pass of our own (a
             # conditioned window's prompt is up to 224 tokens, costly in fp16 on a CPU).
             target = window.target_cache
-            cache = self.decoder.cache_with_cross(target.cross_k, target.cross_v, n_batch=1)
+            cache = self.decoder.cache_with_cross(target.cross_k, target.cross_v, n_batch=window.n_rows)
             n = target.length
             cache.self_k[:, :, :, :n] = target.self_k[:, :1, :, :n]
             cache.self_v[:, :, :, :n] = target.self_v[:, :1, :, :n]
             cache.length = n
             self.cache = cache
-            self.fed = list(window.tokens[:n])
+            self.fed = [list(window.tokens[:n]) for _ in range(window.n_rows)]
             return
         features = window.audio_features
         if self.encoder is not None:
             features = self.encoder(window.mel.unsqueeze(0).to(self.dtype))
-        self.cache = self.decoder.new_cache(features.to(self.dtype), n_batch=1)
-        self.fed = []
+        self.cache = self.decoder.new_cache(features.to(self.dtype), n_batch=window.n_rows)
+        self.fed = [[] for _ in range(window.n_rows)]
+
+    def _sync(self, roots: list[list[int]]) -> list[list[int]]:
+        """Point cache row i at roots[i]: take the row sharing the longest prefix with it, crop every row
+        to the shortest such prefix, and return what each row has still to be fed (equal lengths)."""
+        assert self.cache is not None, "start() first"
+
+        def shared(row: list[int], root: list[int]) -> int:
+            n, limit = 0, min(len(row), len(root))
+            while n < limit and row[n] == root[n]:
+                n += 1
+            return n
+
+        best = [max(range(len(self.fed)), key=lambda r: shared(self.fed[r], root)) for root in roots]
+        n_shared = min(shared(self.fed[r], root) for r, root in zip(best, roots, strict=True))
+        n_shared = min(n_shared, min(len(root) for root in roots) - 1)  # the last token is always fed
+        self.cache.crop(min(n_shared, self.cache.length))
+        if best != list(range(len(roots))):
+            self.cache.reorder(torch.tensor(best))
+        self.fed = [list(root[:n_shared]) for root in roots]
+        return [root[n_shared:] for root in roots]
+
+    def _logits(self, pending: list[list[int]]) -> Tensor:
+        """The next-token logits of each row after feeding it `pending`: shape = (n_rows, n_vocab)."""
+        assert self.cache is not None
+        device = self.decoder.positional_embedding.device
+        logits = self.decoder(torch.tensor(pending, device=device), self.cache)[:, -1]
+        self._n_passes += 1
+        for row, tokens in zip(self.fed, pending, strict=True):
+            row.extend(tokens)
+        return logits
 
     def propose(self, tokens: list[int], k: int) -> list[int]:
-        assert self.cache is not None, "start() first"
-        n_shared = 0
-        limit = min(len(self.fed), len(tokens))
-        while n_shared < limit and self.fed[n_shared] == tokens[n_shared]:
-            n_shared += 1
-        self.cache.crop(n_shared)
-        del self.fed[n_shared:]
-        room = self.cache.n_ctx - len(tokens)
-        k = min(k, room)
-        pending = tokens[n_shared:]
+        pending = self._sync([tokens])
+        assert self.cache is not None
+        k = min(k, self.cache.n_ctx - len(tokens))
         proposal: list[int] = []
-        device = self.decoder.positional_embedding.device
         for _ in range(k):
-            logits = self.decoder(torch.tensor([pending], device=device), self.cache)[0, -1:]
-            self._n_passes += 1
-            self.fed.extend(pending)
+            logits = self._logits(pending)
             apply_filters(self.filters, logits, [tokens + proposal])
             token = int(logits.argmax())
             proposal.append(token)
             if token == self.eot:
                 break
-            pending = [token]
+            pending = [[token]]
         return proposal
+
+    def propose_beams(
+        self, roots: list[list[int]], root_scores: list[float], k: int, width: int
+    ) -> list[tuple[int, list[int]]]:
+        pending = self._sync(roots)
+        assert self.cache is not None
+        k = min(k, self.cache.n_ctx - len(roots[0]))
+        width = min(width, self.cache.n_batch)
+        origins, scores = list(range(len(roots))), list(root_scores)
+        paths: list[list[int]] = [[] for _ in roots]
+        proposed: list[tuple[int, list[int]]] = []
+        for _ in range(k):
+            logits = self._logits(pending)
+            apply_filters(self.filters, logits, [roots[o] + p for o, p in zip(origins, paths, strict=True)])
+            top_logprobs, top_tokens = torch.log_softmax(logits, dim=-1).topk(width + 1, dim=-1)
+            candidates = sorted(
+                (
+                    (scores[row] + logprob, row, token)
+                    for row, (row_logprobs, row_tokens) in enumerate(
+                        zip(top_logprobs.tolist(), top_tokens.tolist(), strict=True)
+                    )
+                    for logprob, token in zip(row_logprobs, row_tokens, strict=True)
+                    if token != self.eot
+                ),
+                reverse=True,
+            )[:width]
+            if len(candidates) < width:
+                break
+            sources = [row for _, row, _ in candidates]
+            origins = [origins[row] for row in sources]
+            paths = [[*paths[row], token] for _, row, token in candidates]
+            scores = [score for score, _, _ in candidates]
+            proposed.extend(zip(origins, paths, strict=True))
+            self.cache.reorder(torch.tensor(sources))
+            self.fed = [list(self.fed[row]) for row in sources]
+            pending = [[token] for _, _, token in candidates]
+        return proposed
 
 
 class CastLinear(nn.Module):

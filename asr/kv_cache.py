@@ -47,16 +47,35 @@ class KVCache:
         self.length = length
 
     def reorder(self, beam_indices: torch.Tensor) -> None:
-        """Row i becomes old row beam_indices[i] (beam search). shape(beam_indices) = (n_batch,)."""
-        if beam_indices.shape != (self.n_batch,):
-            raise ValueError(f"reorder needs {self.n_batch} indices, got shape {tuple(beam_indices.shape)}")
+        """Row i becomes old row beam_indices[i], for i < len(beam_indices) <= n_batch: beam search follows
+        its beams, and speculative beam search fans a beam out to several rows (one per proposed path)."""
+        n_rows = beam_indices.shape[0] if beam_indices.dim() == 1 else -1
+        if not 1 <= n_rows <= self.n_batch:
+            raise ValueError(
+                f"reorder needs 1 to {self.n_batch} indices, got shape {tuple(beam_indices.shape)}"
+            )
         idx = beam_indices.to(self.self_k.device)
         n = self.length
-        self.self_k[:, :, :, :n] = self.self_k[:, idx, :, :n]
-        self.self_v[:, :, :, :n] = self.self_v[:, idx, :, :n]
+        self.self_k[:, :n_rows, :, :n] = self.self_k[:, idx, :, :n]
+        self.self_v[:, :n_rows, :, :n] = self.self_v[:, idx, :, :n]
         for i, (k, v) in enumerate(zip(self.cross_k, self.cross_v, strict=True)):
             if k.shape[0] > 1:  # a shared (n_audio = 1) cross cache needs no reordering
+                if n_rows != k.shape[0]:
+                    raise ValueError("per-row cross-attention keys/values reorder only as a whole")
                 self.cross_k[i], self.cross_v[i] = k[idx], v[idx]
+
+    def select(self, rows: torch.Tensor, positions: torch.Tensor) -> None:
+        """Row i becomes old row rows[i] read at positions[i]: shape(rows) = (n,), shape(positions) =
+        (n, m), n <= n_batch; the length becomes m. Speculative beam search keeps each new beam's path out
+        of a tree of proposals: the shared prefix, then the slots of the path's nodes."""
+        n, m = positions.shape
+        if rows.shape != (n,) or not 1 <= n <= self.n_batch or m > self.n_ctx:
+            raise ValueError(f"select needs 1 to {self.n_batch} rows, got {tuple(rows.shape)}")
+        rows, positions = rows.to(self.self_k.device), positions.to(self.self_k.device)
+        for buffer in (self.self_k, self.self_v):
+            # advanced indices on dims 1 and 3 come out first: shape = (n, m, n_layer, n_head, d_head)
+            buffer[:, :n, :, :m] = buffer[:, rows[:, None], :, positions].permute(2, 0, 3, 1, 4)
+        self.length = m
 
     def reserve(self, n_new: int) -> tuple[int, int]:
         """Claim positions for `n_new` tokens; returns (start, end) and advances `length` to end."""

@@ -241,14 +241,33 @@ class TextDecoder(nn.Module):
         mask: optional boolean attention mask, shape = (n_new, cache.length + n_new); default causal.
         returns: shape = (n_batch, n_new, n_vocab), float32.
         """
+        return self.project(self.hidden(tokens, cache, mask))
+
+    def hidden(
+        self,
+        tokens: Tensor,
+        cache: KVCache,
+        mask: Tensor | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """Final hidden states (before the vocabulary head): shape = (n_batch, n_new, d). For callers that
+        need logits at a few of the positions only: `project` those.
+
+        A tree of proposals is fed flat: its nodes take the cache slots after cache.length, `positions`
+        (shape = (n_batch, n_new)) gives each node its place in its sequence, and `mask` (shape =
+        (n_batch, 1, n_new, cache.length + n_new)) lets a node see the cache and its own ancestors only.
+        """
         n_new = tokens.shape[1]
         start, end = cache.reserve(n_new)
         if mask is None and n_new > 1:
             mask = causal_mask(start, n_new, tokens.device)
-        x = self.token_embedding(tokens) + self.positional_embedding[start:end]
+        if positions is None:
+            x = self.token_embedding(tokens) + self.positional_embedding[start:end]
+        else:
+            x = self.token_embedding(tokens) + self.positional_embedding[positions]
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, start, end, mask)
-        return self.project(self.ln(x))
+        return self.ln(x)
 
 
 def causal_mask(start: int, n_new: int, device: torch.device) -> Tensor:

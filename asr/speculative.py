@@ -63,6 +63,7 @@ class LoopResult:
     first_logits: Tensor  # the first pass's logits over the prompt, shape = (n_prompt, n_vocab)
     drafted: list[bool] = field(default_factory=list)  # per token: proposed by the draft and accepted
     n_target_passes: int = 0
+    n_beam_steps: int = 0  # beam search: selection steps (one per sampled token of every beam)
     n_draft_passes: int = 0
     n_proposed: int = 0
     n_accepted: int = 0

@@ -74,7 +74,7 @@ def test_cache_rejects_bad_crop_reorder_and_overflow(tiny):
     cache = decoder.new_cache(_features(tiny), 2)
     with pytest.raises(ValueError, match="crop"):
         cache.crop(1)
-    with pytest.raises(ValueError, match="2 indices"):
+    with pytest.raises(ValueError, match="1 to 2 indices"):
         cache.reorder(torch.tensor([0, 1, 1]))
     with pytest.raises(ValueError, match="overflow"):
         cache.reserve(tiny.dims.n_text_ctx + 1)
