@@ -299,10 +299,10 @@ def test_launch_options_enforce_the_upload_limit():
 
 
 @pytest.mark.slow
-def test_transcribe_real_speech_with_comparison(speech_dir):
-    out = transcribe_audio(str(speech_dir / JFK), compare=True, timestamps=True)
+def test_transcribe_real_speech(speech_dir):
+    out = transcribe_audio(str(speech_dir / JFK), compare=False, timestamps=True)
     assert normalize(out.transcript) == JFK_TEXT
-    assert "measured" in out.figures and "checked token by token" in out.figures
+    assert "estimated" in out.figures and "not checked" in out.figures
     assert out.speculation.count("asr-tok-draft") > out.speculation.count("asr-tok-target") > 0
     assert "0:00.00 →" in out.segments
     assert len(out.plot.axes[0].patches) >= 2
@@ -384,7 +384,7 @@ def test_api_serves_bad_input_errors_and_keeps_serving(tmp_path, speech_dir):
         # audio alone: every other input has a default
         first = client.predict(handle_file(str(clip)), api_name="/transcribe")
         assert normalize(first[0]) == WAIT_TEXT
-        assert "measured" in first[1]
+        assert "measured" in first[1] and "checked token by token" in first[1]
         assert len(first[5]) == 4
         bad = {
             "nothing": (None, "No audio"),
