@@ -3,6 +3,9 @@
 #   docker build -t asr .
 #   docker run --rm -v "$PWD:/data" asr transcribe talk.wav
 #
+# The web app (README, "Web app") is in the image too; inside a container it must listen on all interfaces:
+#   docker run --rm -p 127.0.0.1:7860:7860 --entrypoint asr-app asr --host 0.0.0.0
+#
 # The container runs as the unprivileged user `asr` (uid 10001) in /data: the mounted folder must be writable by
 # that uid, or run as yourself with `--user "$(id -u):$(id -g)" -e HOME=/tmp` (HOME must be writable: caches go
 # under it).
@@ -32,7 +35,7 @@ WORKDIR /tmp/asr-src
 COPY pyproject.toml README.md ./
 COPY asr/ asr/
 COPY app/ app/
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir "./[app]" \
     && rm -rf /tmp/asr-src \
     && groupadd --gid 10001 asr \
     && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin asr \
@@ -41,6 +44,7 @@ RUN pip install --no-cache-dir . \
 
 # Numeric, so that platforms enforcing "not root" (Kubernetes runAsNonRoot) can check it without /etc/passwd.
 USER 10001:10001
+EXPOSE 7860
 WORKDIR /data
 ENTRYPOINT ["asr"]
 CMD ["--help"]
