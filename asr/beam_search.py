@@ -10,6 +10,7 @@ EOT). The winner maximises sum_logprob / length_penalty(length). The KV cache fo
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -160,6 +161,21 @@ class ProposalTree:
         return [*range(self.n_cached), *reversed(slots)]
 
 
+def _project(
+    decoder: TextDecoder,
+    hidden: Tensor,
+    nodes: list[tuple[int, int]],
+    known: dict[tuple[int, int], Tensor],
+) -> dict[tuple[int, int], Tensor]:
+    """Logits of the (row, slot) nodes not yet in `known`, added to it. hidden: shape = (n_rows, width, d)."""
+    missing = list(dict.fromkeys(node for node in nodes if node not in known))
+    if missing:
+        rows, slots = zip(*missing, strict=True)
+        logits = decoder.project(hidden[list(rows), list(slots)])
+        known.update(zip(missing, logits, strict=True))
+    return known
+
+
 @torch.inference_mode()
 def beam_search_loop(
     decoder: TextDecoder,
@@ -177,20 +193,21 @@ def beam_search_loop(
 ) -> LoopResult:
     """Beam search over one window, speculative when the drafter proposes; plain with the `none` drafter.
 
-    Per pass: 1. the draft runs its own beam search from the B live beams for k steps (a tree of paths);
-    2. the target runs ONE batched pass over every path (a row per leaf, keys/values of its beam fanned
-    out to the rows); 3. beam selection is replayed step by step on the target's own log-probabilities
-    for as long as every beam it selects was scored in the pass, and the first step that leaves the tree
-    is still exact (its beams' distributions are known): so the beams, their scores and the winner are
-    plain beam search's (Leviathan et al. 2023, appendix A.4); 4. the cache keeps each new beam's parent
-    row, cropped to the committed length. audio_features: shape = (1, n_ctx, d).
+    Per pass: 1. the draft runs its own beam search (2B wide) from the B live beams for k steps: a tree;
+    2. the target runs ONE pass over the whole tree, a row per live beam holding the nodes below it (tree
+    attention: a node sees only its ancestors); 3. beam selection is replayed step by step on the target's
+    own log-probabilities for as long as every beam it selects was scored in the pass, and the first step
+    that leaves the tree is still exact (its beams' distributions are known): so the beams, their scores
+    and the winner are plain beam search's (Leviathan et al. 2023, appendix A.4); 4. each new beam's cache
+    row takes its parent's keys/values, the tree's slots laid out in sequence order.
+    audio_features: shape = (1, n_ctx, d).
     """
     device = audio_features.device
     start = time.perf_counter()
     draft_width = DRAFT_WIDTH * beam_size
     cache = decoder.new_cache(audio_features, n_batch=beam_size)  # cross keys/values shared by the rows
     loop_start = time.perf_counter()
-    result = LoopResult(tokens=[], sum_logprob=0.0, first_logits=torch.empty(0))
+    result = LoopResult(tokens=[], sum_logprob=0.0, prompt_hidden=torch.empty(0))
     result.cross_kv_time_s = loop_start - start
     search = BeamSearch(beam_size, patience, eot)
     draft_passes_before = drafter.n_passes
@@ -217,36 +234,46 @@ def beam_search_loop(
         mask = tree.mask.to(device) if tree.mask is not None else None
         positions = tree.positions.to(device) if tree.positions is not None else None
         hidden = decoder.hidden(torch.tensor(tree.tokens, device=device), cache, mask, positions)
+        if not result.prompt_hidden.numel():
+            result.prompt_hidden = hidden[0, : len(initial_tokens)]
+        # the vocabulary head, in one product, for the nodes the target will most likely select: each
+        # root and the draft's best B at each depth (others, should the target select them, come later)
+        likely = [tree.nodes[tuple(root)] for root in roots]
+        depth_counts: Counter[int] = Counter()
+        for origin, path in proposals:
+            depth_counts[len(path)] += 1
+            if depth_counts[len(path)] <= beam_size:
+                likely.append(tree.nodes[(*roots[origin], *path)])
+        logits_at = _project(decoder, hidden, likely, {})
         result.target_time_s += time.perf_counter() - start
         result.n_target_passes += 1
-        if not result.first_logits.numel():
-            result.first_logits = decoder.project(hidden[0, : len(initial_tokens)])
         # 3. replay beam selection on the target's distributions while the tree holds the live beams
         n_steps_before = n_steps
-        while True:
-            where = [tree.nodes.get((*initial_tokens, *s)) for s in sequences]
-            if any(node is None for node in where) or done:
-                break
-            rows = [row for row, _ in where]  # type: ignore[misc]
-            slots = [slot for _, slot in where]  # type: ignore[misc]
-            start = time.perf_counter()
-            logits = decoder.project(hidden[rows, slots])
-            result.target_time_s += time.perf_counter() - start
+        while not done:
+            keys = [(*initial_tokens, *s) for s in sequences]
+            if not all(key in tree.nodes for key in keys):
+                break  # a beam the draft did not propose: its distribution is the next pass's
+            nodes = [tree.nodes[key] for key in keys]
             if n_steps == 0:  # the first step: B copies of the one root (openai feeds B equal rows)
-                logits = logits.expand(beam_size, -1).clone()
-                sequences, sum_logprobs = sequences * beam_size, sum_logprobs * beam_size
-                rows, slots = rows * beam_size, slots * beam_size
+                nodes, sequences, sum_logprobs = (
+                    nodes * beam_size,
+                    sequences * beam_size,
+                    sum_logprobs * beam_size,
+                )
+            start = time.perf_counter()
+            logits_at = _project(decoder, hidden, nodes, logits_at)
+            logits = torch.stack([logits_at[node] for node in nodes])
+            result.target_time_s += time.perf_counter() - start
             apply_filters(filters, logits, [initial_tokens + s for s in sequences])
             logprobs = torch.log_softmax(logits, dim=-1)
-            parents = sequences
-            sequences, sum_logprobs, sources = search.step(logprobs, parents, sum_logprobs)
+            sequences, sum_logprobs, sources = search.step(logprobs, sequences, sum_logprobs)
+            parents_at = [nodes[i] for i in sources]
             n_steps += 1
-            for sequence in [*sequences, *(s[:-1] for s in search.finished)]:
-                if tuple(sequence) not in drafted:
+            done = search.done or n_steps >= sample_len
+            for sequence in [*sequences, *(f[:-1] for f in search.finished)]:
+                if tuple(sequence) not in drafted:  # a new sequence: was its last token the draft's?
                     from_draft = (*initial_tokens, *sequence) in tree.nodes
                     drafted[tuple(sequence)] = [*drafted[tuple(sequence[:-1])], from_draft]
-            parents_at = [(rows[i], slots[i]) for i in sources]
-            done = search.done or n_steps >= sample_len
         if k:
             n_accepted = min(n_steps - n_steps_before - 1, k)
             result.n_proposed += k

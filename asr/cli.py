@@ -176,7 +176,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         )
     from .drafting import make_drafter
 
-    make_drafter(options.draft, model)  # a bad or incompatible draft: one error, before any file
+    # a bad or incompatible draft: one error, before any file
+    make_drafter(options.draft, model, beam_search=options.beam_size is not None)
     if args.output_dir is not None:
         try:  # after the option checks, before any work: a transcript that cannot be written is work lost
             args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -140,9 +140,10 @@ class DecodingTask:
                 )
             )
 
-    def no_speech_prob(self, prompt_logits: Tensor) -> float:
-        """P(<|nospeech|>) at the SOT position. prompt_logits: shape = (n_prompt, n_vocab)."""
-        probs = torch.softmax(prompt_logits[self.sot_index].float(), dim=-1)
+    def no_speech_prob(self, prompt_hidden: Tensor) -> float:
+        """P(<|nospeech|>) at the SOT position. prompt_hidden: shape = (n_prompt, d), the target's."""
+        logits = self.model.model.decoder.project(prompt_hidden[self.sot_index])
+        probs = torch.softmax(logits.float(), dim=-1)
         return float(probs[self.model.tokenizer.no_speech])
 
     def run(
@@ -192,7 +193,7 @@ class DecodingTask:
         return DecodingResult(
             tokens=loop.tokens,
             sum_logprob=loop.sum_logprob,
-            no_speech_prob=self.no_speech_prob(loop.first_logits),
+            no_speech_prob=self.no_speech_prob(loop.prompt_hidden),
             decode_time_s=loop.decode_time_s,
             loop=loop,
         )

@@ -60,7 +60,7 @@ class DraftLength:
 class LoopResult:
     tokens: list[int]  # sampled tokens, without EOT
     sum_logprob: float
-    first_logits: Tensor  # the first pass's logits over the prompt, shape = (n_prompt, n_vocab)
+    prompt_hidden: Tensor  # the first pass's hidden states over the prompt, shape = (n_prompt, d)
     drafted: list[bool] = field(default_factory=list)  # per token: proposed by the draft and accepted
     n_target_passes: int = 0
     n_beam_steps: int = 0  # beam search: selection steps (one per sampled token of every beam)
@@ -98,7 +98,7 @@ def decode_loop(
     verifier = GreedyVerifier(filters)
     tokens = list(initial_tokens)
     sample_begin = len(tokens)
-    result = LoopResult(tokens=[], sum_logprob=0.0, first_logits=torch.empty(0))
+    result = LoopResult(tokens=[], sum_logprob=0.0, prompt_hidden=torch.empty(0))
     result.cross_kv_time_s = loop_start - start
     draft_passes_before = drafter.n_passes
     started = done = False
@@ -115,13 +115,15 @@ def decode_loop(
         # 2. one target pass over the uncached committed tokens and the k proposals
         start = time.perf_counter()
         n_cached = cache.length
-        logits = decoder(torch.tensor([tokens[n_cached:] + draft], device=device), cache)[0]
+        hidden = decoder.hidden(torch.tensor([tokens[n_cached:] + draft], device=device), cache)[0]
+        if not result.prompt_hidden.numel():
+            result.prompt_hidden = hidden[: len(tokens)]
+        # only the rows verification reads: from the last committed token on, one per proposal plus one
+        logits = decoder.project(hidden[len(tokens) - 1 - n_cached :])
         result.target_time_s += time.perf_counter() - start
         result.n_target_passes += 1
-        if not result.first_logits.numel():
-            result.first_logits = logits[: len(tokens)]
-        # 3. verify: rows from the last committed token on, one per proposed position plus one
-        verdict = verifier.verify(logits[len(tokens) - 1 - n_cached :], tokens, draft)
+        # 3. verify each proposed token against the target's choice at its position
+        verdict = verifier.verify(logits, tokens, draft)
         if draft:
             result.n_proposed += len(draft)
             result.n_accepted += verdict.n_accepted

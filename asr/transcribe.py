@@ -111,7 +111,7 @@ def transcribe_stream(
     t_start = time.perf_counter()
     samples = load_audio(audio, max_duration_s=transcribe_options.max_duration_s)
     load_s = time.perf_counter() - t_start
-    drafter = make_drafter(options.draft, model)
+    drafter = make_drafter(options.draft, model, beam_search=options.beam_size is not None)
     reference = None
     if transcribe_options.compare and drafter.name != "none":
         # The plain target on the same samples, first and to completion: the figures compare against it.
