@@ -119,6 +119,7 @@ class ProposalTree:
         proposals: list[tuple[int, list[int]]],
         n_cached: int,
         pad: int,
+        n_ctx: int,
     ) -> None:
         self.n_cached = n_cached
         rows = [list(p) for p in pending]
@@ -128,8 +129,10 @@ class ProposalTree:
         self.nodes = {tuple(root): (r, len(pending[r]) - 1) for r, root in enumerate(roots)}
         for origin, path in proposals:  # in step order: a node's parent comes before it
             key = (origin, tuple(path))
-            if key in slot_of:
-                continue
+            if key in slot_of or (origin, key[1][:-1]) not in slot_of:
+                continue  # known, or its parent did not fit
+            if n_cached + len(rows[origin]) >= n_ctx:
+                continue  # the row's slots would run past the text context: left out, with what follows
             parent = slot_of[(origin, key[1][:-1])]
             slot_of[key] = slot = len(rows[origin])
             rows[origin].append(path[-1])
@@ -230,7 +233,7 @@ def beam_search_loop(
         result.draft_time_s += time.perf_counter() - start
         # 2. one target pass over every root's row: its pending tokens and its part of the tree
         start = time.perf_counter()
-        tree = ProposalTree(roots, pending, proposals, cache.length, eot)
+        tree = ProposalTree(roots, pending, proposals, cache.length, eot, cache.n_ctx)
         mask = tree.mask.to(device) if tree.mask is not None else None
         positions = tree.positions.to(device) if tree.positions is not None else None
         hidden = decoder.hidden(torch.tensor(tree.tokens, device=device), cache, mask, positions)

@@ -11,29 +11,16 @@ from asr.decoding import DecodingOptions, DecodingTask
 from asr.drafting import DecoderDrafter, make_drafter, self_draft_decoder
 from asr.errors import InvalidOptionError
 from asr.logit_filters import NEG_INF, LogitFilter
-from asr.model import TextDecoder
 from asr.models import load_model
 from asr.speculative import DraftLength
 from asr.transcribe import TranscribeOptions, transcribe
 from asr.verify import GreedyVerifier
-from tests.util import random_dims, random_model
+from tests.util import perturbed_decoder, random_dims, random_model
 
 
 def _features(m, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(1, m.dims.n_audio_ctx, m.dims.n_audio_state, generator=g)
-
-
-def _perturbed_decoder(m, noise: float, seed: int) -> TextDecoder:
-    """A copy of the target's decoder with relative Gaussian noise on every weight: a partly right draft."""
-    src = m.model.decoder
-    with torch.device("meta"):
-        decoder = TextDecoder(src.dims)
-    g = torch.Generator().manual_seed(seed)
-    state = {k: v + noise * v.std() * torch.randn(v.shape, generator=g) for k, v in src.state_dict().items()}
-    decoder.load_state_dict(state, assign=True)
-    decoder.eval().requires_grad_(False).pack_head()
-    return decoder
 
 
 def _run(m, options, features, drafter=None, k=None, previous=None):
@@ -181,7 +168,7 @@ def test_property_speculative_equals_plain(seed, n_layer, n_head, k, timestamps,
     options = DecodingOptions(timestamps=timestamps, sample_len=16)
     plain = _run(m, options, features, previous=previous)
     decoder = random_model(seed=seed + 1, dims=dims).model.decoder if noise is None else None
-    decoder = decoder or _perturbed_decoder(m, noise, seed)
+    decoder = decoder or perturbed_decoder(m, noise, seed)
     drafter = DecoderDrafter("draft", decoder, m.tokenizer.eot, share_cross=noise is not None)
     spec = _run(m, options, features, drafter, k=k, previous=previous)
     assert spec.tokens == plain.tokens

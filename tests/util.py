@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from asr.model import ModelDims, Whisper
+from asr.model import ModelDims, TextDecoder, Whisper
 from asr.models import BUNDLED, LoadedModel, _package_file
 from asr.tokenizer import Tokenizer
 
@@ -158,3 +158,15 @@ def wer(reference: str, hypothesis: str) -> float:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
         previous = current
     return previous[-1] / max(len(ref), 1)
+
+
+def perturbed_decoder(m: LoadedModel, noise: float, seed: int) -> TextDecoder:
+    """A copy of a model's decoder with relative Gaussian noise on every weight: a partly right draft."""
+    src = m.model.decoder
+    with torch.device("meta"):
+        decoder = TextDecoder(src.dims)
+    g = torch.Generator().manual_seed(seed)
+    state = {k: v + noise * v.std() * torch.randn(v.shape, generator=g) for k, v in src.state_dict().items()}
+    decoder.load_state_dict(state, assign=True)
+    decoder.eval().requires_grad_(False).pack_head()
+    return decoder
