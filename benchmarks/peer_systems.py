@@ -44,6 +44,7 @@ class System:
     engine: str  # "ours", "limit", "transformers", "faster-whisper"
     settings: str  # what exactly runs, for the table
     setup: Callable[[WorkerConfig], Runner]
+    reference: str = "ours-greedy"  # whose tokens this system's are compared with: our plain target's
 
 
 def _set_torch_threads(config: WorkerConfig) -> None:
@@ -279,7 +280,13 @@ SYSTEMS: dict[str, System] = {
         System(
             "ours-greedy", "ours", "transcribe(draft='none'): plain target, greedy, fp32", _ours("none", None)
         ),
-        System("ours-beam5", "ours", "transcribe(draft='none', beam_size=5), fp32", _ours("none", BEAM)),
+        System(
+            "ours-beam5",
+            "ours",
+            "transcribe(draft='none', beam_size=5), fp32",
+            _ours("none", BEAM),
+            "ours-beam5",
+        ),
         System(
             "ours-spec",
             "ours",
@@ -291,6 +298,7 @@ SYSTEMS: dict[str, System] = {
             "ours",
             "transcribe(draft='self', beam_size=5): whatever the engine does (stats draft says if used)",
             _ours("self", BEAM),
+            "ours-beam5",
         ),
         System(
             "limit",
@@ -300,7 +308,9 @@ SYSTEMS: dict[str, System] = {
             _limit,
         ),
         System("hf-greedy", "transformers", f"{HF_COMMON}, greedy", _transformers(1, None)),
-        System("hf-beam5", "transformers", f"{HF_COMMON}, num_beams=5", _transformers(BEAM, None)),
+        System(
+            "hf-beam5", "transformers", f"{HF_COMMON}, num_beams=5", _transformers(BEAM, None), "ours-beam5"
+        ),
         System(
             "hf-assist-int8",
             "transformers",
@@ -324,6 +334,7 @@ SYSTEMS: dict[str, System] = {
             "faster-whisper",
             f"compute_type float32, beam_size 5, {FW_COMMON}",
             _faster_whisper("float32", BEAM),
+            "ours-beam5",
         ),
         System(
             "fw-int8",
@@ -336,6 +347,7 @@ SYSTEMS: dict[str, System] = {
             "faster-whisper",
             f"compute_type int8, beam_size 5, {FW_COMMON}",
             _faster_whisper("int8", BEAM),
+            "ours-beam5",
         ),
     )
 }
