@@ -1,11 +1,13 @@
 """Plain vs speculative decoding on real English speech, side by side in one process.
 
-    python -m benchmarks.speculative [--manifest M] [--model base] [--draft self] [--repeats 3] [--out DIR]
+    python -m benchmarks.speculative [--manifest M] [--model base] [--draft self] [--beam-size B]
+                                     [--repeats 3] [--out DIR]
 
 For every English clip of the manifest (default: ../shared/speech/public/manifest.jsonl): after a warm-up,
 each mode transcribes the clip `repeats` times (the modes alternate, so drift of the machine hits both);
 the median decode-phase and end-to-end times (from samples in memory: file decoding excluded for both) give
-the ratios. Tokens must be identical. Prints a Markdown table; --out also writes results.json.
+the ratios. Tokens must be identical. With --beam-size both modes are beam search (plain and speculative).
+Prints a Markdown table; --out also writes results.json.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "speech" / "public" / "manifest.jsonl"
 
 
-def run(model, samples, draft: str, draft_k: int | None, timestamps: bool) -> dict:
-    result = transcribe(model, samples, draft=draft, draft_k=draft_k, timestamps=timestamps)
+def run(model, samples, draft: str, draft_k: int | None, timestamps: bool, beam_size: int | None) -> dict:
+    result = transcribe(
+        model, samples, draft=draft, draft_k=draft_k, timestamps=timestamps, beam_size=beam_size
+    )
     stats = result.stats
     times = stats["time_s"]
     return {
@@ -56,6 +60,7 @@ def main() -> None:
     parser.add_argument("--draft", default="self")
     parser.add_argument("--draft-k", type=int, default=None)
     parser.add_argument("--no-timestamps", action="store_true")
+    parser.add_argument("--beam-size", type=int, default=None, help="beam search (default: greedy)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
@@ -68,8 +73,8 @@ def main() -> None:
     timestamps = not args.no_timestamps
     clips = [(e, load_audio(args.manifest.parent / e["audio"])) for e in entries]
     for _, samples in clips[:2]:  # warm-up: first-call allocations and kernel selection, both modes
-        run(model, samples, "none", None, timestamps)
-        run(model, samples, args.draft, args.draft_k, timestamps)
+        run(model, samples, "none", None, timestamps, args.beam_size)
+        run(model, samples, args.draft, args.draft_k, timestamps, args.beam_size)
 
     rows = []
     for entry, samples in clips:
@@ -77,7 +82,7 @@ def main() -> None:
         for i in range(args.repeats):
             order = [("plain", "none"), ("spec", args.draft)]
             for mode, draft in order if i % 2 == 0 else order[::-1]:
-                measured[mode].append(run(model, samples, draft, args.draft_k, timestamps))
+                measured[mode].append(run(model, samples, draft, args.draft_k, timestamps, args.beam_size))
         plain, spec = measured["plain"], measured["spec"]
         stats = spec[0]["stats"]
         row = {
@@ -90,7 +95,8 @@ def main() -> None:
             "plain_e2e_s": statistics.median(r["end_to_end"] for r in plain),
             "spec_e2e_s": statistics.median(r["end_to_end"] for r in spec),
             "acceptance_rate": stats["acceptance_rate"],
-            "tokens_per_target_pass": stats["tokens_per_target_pass"],
+            # greedy: tokens per target pass; beam search: beam steps per target pass
+            "per_pass": stats["beam_steps_per_target_pass" if args.beam_size else "tokens_per_target_pass"],
             "identical": all(r["tokens"] == plain[0]["tokens"] for r in plain + spec),
         }
         row["decode_speedup"] = row["plain_decode_s"] / row["spec_decode_s"]
@@ -110,6 +116,7 @@ def main() -> None:
         "target": f"{args.model} ({str(model.dtype).removeprefix('torch.')}, {model.device})",
         "draft": args.draft,
         "draft_k": args.draft_k or "adaptive",
+        "beam_size": args.beam_size,
         "timestamps": timestamps,
         "repeats": args.repeats,
         "all_identical": all(r["identical"] for r in rows),
@@ -125,16 +132,17 @@ def main() -> None:
 
     print(
         f"\n{summary['machine']}; target {summary['target']}, draft {args.draft}, "
-        f"k {summary['draft_k']}, timestamps {timestamps}, median of {args.repeats}\n"
+        f"k {summary['draft_k']}, beam size {args.beam_size or '- (greedy)'}, timestamps {timestamps}, "
+        f"median of {args.repeats}\n"
     )
     columns = ["clip", "s", "tokens", "plain decode s", "spec decode s", "decode x", "e2e x", "acceptance"]
-    print("| " + " | ".join([*columns, "tok/pass", "same"]) + " |")
+    print("| " + " | ".join([*columns, "steps/pass" if args.beam_size else "tok/pass", "same"]) + " |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {Path(r['clip']).name} | {r['duration_s']:.1f} | {r['tokens']} | {r['plain_decode_s']:.2f} | "
             f"{r['spec_decode_s']:.2f} | {r['decode_speedup']:.2f} | {r['e2e_speedup']:.2f} | "
-            f"{r['acceptance_rate'] or 0:.0%} | {r['tokens_per_target_pass']:.1f} | "
+            f"{r['acceptance_rate'] or 0:.0%} | {r['per_pass']:.1f} | "
             f"{'yes' if r['identical'] else 'NO'} |"
         )
     print()
