@@ -225,7 +225,7 @@ def beam_search_loop(
         roots = [initial_tokens + s for s in sequences]
         # 1. the draft's tree (nothing on the first pass: the target's pass over the prompt comes first)
         k = draft_length.next(sample_len - n_steps) if cache.length else 0
-        start = time.perf_counter()
+        pass_start = start = time.perf_counter()
         if k and not started:
             drafter.start(Window(audio_features, mel, filters, cache, roots[0], n_rows=draft_width))
             started = True
@@ -233,7 +233,8 @@ def beam_search_loop(
         result.draft_time_s += time.perf_counter() - start
         # 2. one target pass over every root's row: its pending tokens and its part of the tree
         start = time.perf_counter()
-        tree = ProposalTree(roots, pending, proposals, cache.length, eot, cache.n_ctx)
+        n_cached = cache.length
+        tree = ProposalTree(roots, pending, proposals, n_cached, eot, cache.n_ctx)
         mask = tree.mask.to(device) if tree.mask is not None else None
         positions = tree.positions.to(device) if tree.positions is not None else None
         hidden = decoder.hidden(torch.tensor(tree.tokens, device=device), cache, mask, positions)
@@ -277,12 +278,15 @@ def beam_search_loop(
                 if tuple(sequence) not in drafted:  # a new sequence: was its last token the draft's?
                     from_draft = (*initial_tokens, *sequence) in tree.nodes
                     drafted[tuple(sequence)] = [*drafted[tuple(sequence[:-1])], from_draft]
-        if k:
-            n_accepted = min(n_steps - n_steps_before - 1, k)
-            result.n_proposed += k
+        depth = max((len(path) for _, path in proposals), default=0)  # draft steps proposed
+        if n_cached:  # not the prompt's pass: the cost of speculation, or of a plain step, for the policy
+            draft_length.timed(time.perf_counter() - pass_start, n_steps - n_steps_before, depth > 0)
+        if depth:
+            n_accepted = min(n_steps - n_steps_before - 1, depth)
+            result.n_proposed += depth
             result.n_accepted += n_accepted
             result.accepted_lengths[n_accepted] += 1
-            draft_length.update(k, n_accepted)
+            draft_length.update(depth, n_accepted)
         if done:
             break
         # 4. each new beam's cache row: its parent's keys/values, the tree's slots laid out as a sequence

@@ -173,7 +173,7 @@ class DecodingTask:
                 options.patience or 1.0,
                 options.length_penalty,
                 drafter or Drafter(),
-                draft_length or DraftLength(),
+                draft_length or DraftLength(measure_cost=True),
             )
             return self._result(loop)
         loop = decode_loop(

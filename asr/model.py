@@ -147,11 +147,17 @@ class DecoderBlock(nn.Module):
 
         q = split_heads(self.cross_attn.q(self.cross_attn_ln(x)), 1, self.cross_attn.n_head)[0]
         ck, cv = cache.cross_k[layer], cache.cross_v[layer]
-        if ck.shape[0] != n_batch:
-            ck, cv = ck.expand(n_batch, -1, -1, -1), cv.expand(n_batch, -1, -1, -1)
-        x = x + self.cross_attn.out(
-            F.scaled_dot_product_attention(q, ck, cv).transpose(1, 2).reshape(x.shape)
-        )
+        if ck.shape[0] == n_batch:
+            attended = F.scaled_dot_product_attention(q, ck, cv)
+        else:
+            # One audio for every row (beams, a draft's rows): fold the rows into the query axis, so the
+            # window's keys/values (6 MB a layer for base) are read once, not once per row: beam search
+            # steps ran ~1.7x slower than greedy ones for that alone. No mask: the rows stay independent.
+            _, n_head, n_new, d_head = q.shape
+            folded = q.transpose(0, 1).reshape(1, n_head, n_batch * n_new, d_head)
+            attended = F.scaled_dot_product_attention(folded, ck, cv)
+            attended = attended.view(n_head, n_batch, n_new, d_head).transpose(0, 1)
+        x = x + self.cross_attn.out(attended.transpose(1, 2).reshape(x.shape))
         return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
 
 

@@ -28,16 +28,31 @@ FALLBACK_ACCEPTANCE = 0.3
 FALLBACK_MIN_PROPOSED = 12
 
 
+# Beam search: drafting stops for the window once speculative passes, after this many, have cost more per
+# committed step than a plain pass (timed in the same loop).
+COST_MIN_PASSES = 2
+
+
 class DraftLength:
     """k for the next proposal: fixed, or adapted to recent acceptance (+2 after a full accept, -1 after a
-    rejection, within [K_MIN, K_MAX], as transformers' assisted generation does)."""
+    rejection, within [K_MIN, K_MAX], as transformers' assisted generation does).
 
-    def __init__(self, fixed: int | None = None) -> None:
+    An adaptive k also stops drafting for the window when speculation does not pay: after a low acceptance
+    rate, or (with measure_cost, for beam search, whose draft and tree pass cost a lot on a CPU) when its
+    passes cost more per committed step than one plain pass, timed in the loop by a first plain pass.
+    """
+
+    def __init__(self, fixed: int | None = None, measure_cost: bool = False) -> None:
         self.fixed = fixed
         self.k = fixed if fixed is not None else K_START
         self.n_proposed = 0
         self.n_accepted = 0
         self.fallen_back = False
+        self.measure_cost = measure_cost and fixed is None
+        self.plain_step_s: float | None = None
+        self.spec_s = 0.0
+        self.spec_steps = 0
+        self.spec_passes = 0
 
     def update(self, n_proposed: int, n_accepted: int) -> None:
         self.n_proposed += n_proposed
@@ -51,9 +66,25 @@ class DraftLength:
         if self.fixed is None and n_proposed:
             self.k = min(self.k + 2, K_MAX) if n_accepted == n_proposed else max(self.k - 1, K_MIN)
 
+    def timed(self, seconds: float, n_steps: int, speculative: bool) -> None:
+        """One pass (after the prompt's): its draft and target time, and the steps it committed."""
+        if not self.measure_cost or n_steps == 0:
+            return
+        if not speculative:
+            self.plain_step_s = self.plain_step_s or seconds / n_steps
+            return
+        self.spec_s += seconds
+        self.spec_steps += n_steps
+        self.spec_passes += 1
+        assert self.plain_step_s is not None
+        if self.spec_passes >= COST_MIN_PASSES and self.spec_s > self.spec_steps * self.plain_step_s:
+            self.fallen_back = True
+
     def next(self, remaining: int) -> int:
         """Proposing more than remaining - 1 is pointless: the target adds a token of its own."""
-        return 0 if self.fallen_back else max(0, min(self.k, remaining - 1))
+        if self.fallen_back or (self.measure_cost and self.plain_step_s is None):
+            return 0
+        return max(0, min(self.k, remaining - 1))
 
 
 @dataclass

@@ -221,7 +221,8 @@ def _segments(
             features = _encode(model, mel_window, stats)
         previous = all_tokens if transcribe_options.condition_on_previous_text else None
         task = DecodingTask(model, options, options.language, previous)
-        result = task.run(features, mel_window, drafter, DraftLength(options.draft_k))
+        draft_length = DraftLength(options.draft_k, measure_cost=options.beam_size is not None)
+        result = task.run(features, mel_window, drafter, draft_length)
         _add_decoding_stats(stats, result)
         info.window_tokens.append(result.tokens)
 
