@@ -93,6 +93,8 @@ def test_upload_transcribe_and_see_the_figures(app_url, browser, speech_dir):
     # Nothing uploaded: a plain message, and the page goes on working.
     button.click()
     page.get_by_text("No audio: upload a file or record from the microphone first.").wait_for(timeout=30_000)
+    page.locator("[data-testid='toast-close']").first.click()  # dismissed, as a user would
+    page.locator("[data-testid='toast-body']").wait_for(state="detached", timeout=30_000)
 
     page.locator("#audio-input input[type=file]").set_input_files(str(speech_dir / JFK))
     # uploaded: the player and its download link appear in place of the drop zone
@@ -138,7 +140,7 @@ def test_upload_transcribe_and_see_the_figures(app_url, browser, speech_dir):
         assert name in downloads, downloads
 
     ARTIFACTS.mkdir(exist_ok=True)
-    page.wait_for_timeout(1000)  # let the error toast from the first click fade and the plot settle
+    page.wait_for_timeout(500)  # let the plot image settle
     page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
     assert outside == [], f"the page tried to reach outside the app: {outside}"
     assert page_errors == [], page_errors
