@@ -35,21 +35,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # No telemetry, no update check: the app runs offline.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("asr").setLevel(logging.INFO)  # ours; the HTTP libraries' request lines stay quiet
+    for flag, value in (
+        ("--max-upload-mb", args.max_upload_mb),
+        ("--max-duration", args.max_duration),
+        ("--concurrency", args.concurrency),
+        ("--max-queue", args.max_queue),
+    ):
+        if not value > 0:  # also refuses NaN
+            parser.error(f"{flag} must be > 0, got {value}")
 
     from .handlers import AppSettings
     from .ui import build_demo, launch_options
 
-    try:
-        settings = AppSettings(
-            max_upload_mb=args.max_upload_mb,
-            max_duration_s=args.max_duration,
-            device=args.device,
-            concurrency_limit=args.concurrency,
-            max_queue=args.max_queue,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
+    settings = AppSettings(
+        max_upload_mb=args.max_upload_mb,
+        max_duration_s=args.max_duration,
+        device=args.device,
+        concurrency_limit=args.concurrency,
+        max_queue=args.max_queue,
+    )
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")

@@ -61,7 +61,7 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
                             handlers.draft_choices(models),
                             value="self",
                             label="Draft",
-                            info="self: a cheap fp16 copy of the target; none: plain decoding",
+                            info="self: a cheap low-precision copy of the target; none: plain decoding",
                         )
                     with gr.Row():
                         decoding = gr.Radio([GREEDY, BEAM], value=GREEDY, label="Decoding")

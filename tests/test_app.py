@@ -273,6 +273,16 @@ def test_cli_defaults_to_loopback():
     assert (args.host, args.port, args.max_duration) == ("0.0.0.0", 8000, 60.0)
 
 
+def test_cli_refuses_bad_limits(capsys):
+    from app.__main__ import main
+
+    for argv in (["--max-upload-mb", "0"], ["--max-duration", "nan"], ["--concurrency", "0"]):
+        with pytest.raises(SystemExit) as excinfo:
+            main(argv)
+        assert excinfo.value.code == 2
+        assert f"{argv[0]} must be > 0" in capsys.readouterr().err
+
+
 def test_building_the_app_loads_no_model():
     code = (
         "import asr.models as m\n"
