@@ -266,6 +266,33 @@ def test_write_downloads_names_files_after_the_input(tmp_path):
     assert Path(again[0]).parent != paths[0].parent  # one folder per request: no request overwrites another
 
 
+def test_old_download_folders_are_removed(tmp_path):
+    result = TranscriptionResult("Hi.", "en", [], 1.0, {})
+    old = tmp_path / "request-old"
+    old.mkdir()
+    os.utime(old, (0, 0))
+    recent = Path(write_downloads(result, "a.wav", root=tmp_path)[0]).parent
+    assert not old.exists() and recent.exists()
+
+
+def test_a_bug_is_one_line_on_the_page_and_logged_in_full(tmp_path, monkeypatch, caplog):
+    import app.handlers as handlers
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(handlers, "load_model", lambda *args, **kwargs: object())
+    monkeypatch.setattr(handlers, "transcribe", broken)
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.full(1600, 0.1, dtype=np.float32), 16000)
+    with pytest.raises(gr.Error) as excinfo:
+        transcribe_audio(str(clip))
+    assert (
+        error_message(excinfo) == "clip.wav: internal error (RuntimeError); the server log has the details."
+    )
+    assert "Traceback" in caplog.text and "boom" in caplog.text
+
+
 def test_cli_defaults_to_loopback():
     args = build_parser().parse_args([])
     assert (args.host, args.port) == ("127.0.0.1", 7860)
