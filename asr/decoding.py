@@ -17,7 +17,7 @@ from .drafting import Drafter
 from .errors import InvalidOptionError
 from .logit_filters import ApplyTimestampRules, LogitFilter, SuppressAtBegin, SuppressTokens
 from .models import LoadedModel
-from .speculative import DraftLength, LoopResult, decode_loop
+from .speculative import DraftLength, LoopResult, PassCosts, decode_loop
 from .tokenizer import TASKS
 
 MAX_DRAFT_K = 16
@@ -173,7 +173,7 @@ class DecodingTask:
                 options.patience or 1.0,
                 options.length_penalty,
                 drafter or Drafter(),
-                draft_length or DraftLength(measure_cost=True),
+                draft_length or DraftLength(costs=PassCosts()),
             )
             return self._result(loop)
         loop = decode_loop(

@@ -28,31 +28,47 @@ FALLBACK_ACCEPTANCE = 0.3
 FALLBACK_MIN_PROPOSED = 12
 
 
-# Beam search: drafting stops for the window once speculative passes, after this many, have cost more per
-# committed step than a plain pass (timed in the same loop).
-COST_MIN_PASSES = 2
+# Beam search: drafting stops once its passes (after this many) have cost more per committed step than a
+# plain pass, timed in the same loop.
+COST_MIN_PASSES = 1
+
+
+@dataclass
+class PassCosts:
+    """The timings that decide whether speculation pays, kept across the windows of one recording: once it
+    has lost, later windows decode plainly from their start, with no plain pass to time and no loss."""
+
+    plain_step_s: float | None = None  # one plain step, timed in the loop
+    spec_s: float = 0.0  # draft and target time of the speculative passes
+    spec_steps: int = 0  # the steps they committed
+    spec_passes: int = 0
+
+    @property
+    def losing(self) -> bool:
+        return (
+            self.plain_step_s is not None
+            and self.spec_passes >= COST_MIN_PASSES
+            and self.spec_s > self.spec_steps * self.plain_step_s
+        )
 
 
 class DraftLength:
     """k for the next proposal: fixed, or adapted to recent acceptance (+2 after a full accept, -1 after a
     rejection, within [K_MIN, K_MAX], as transformers' assisted generation does).
 
-    An adaptive k also stops drafting for the window when speculation does not pay: after a low acceptance
-    rate, or (with measure_cost, for beam search, whose draft and tree pass cost a lot on a CPU) when its
-    passes cost more per committed step than one plain pass, timed in the loop by a first plain pass.
+    An adaptive k also stops drafting when speculation does not pay: for the window after a low acceptance
+    rate; or, given `costs` (beam search, whose draft and tree pass cost a lot on a CPU), for the recording
+    once its passes have cost more per committed step than a plain pass (the first pass after the prompt
+    runs plain to time one).
     """
 
-    def __init__(self, fixed: int | None = None, measure_cost: bool = False) -> None:
+    def __init__(self, fixed: int | None = None, costs: PassCosts | None = None) -> None:
         self.fixed = fixed
         self.k = fixed if fixed is not None else K_START
         self.n_proposed = 0
         self.n_accepted = 0
         self.fallen_back = False
-        self.measure_cost = measure_cost and fixed is None
-        self.plain_step_s: float | None = None
-        self.spec_s = 0.0
-        self.spec_steps = 0
-        self.spec_passes = 0
+        self.costs = costs if fixed is None else None
 
     def update(self, n_proposed: int, n_accepted: int) -> None:
         self.n_proposed += n_proposed
@@ -68,21 +84,24 @@ class DraftLength:
 
     def timed(self, seconds: float, n_steps: int, speculative: bool) -> None:
         """One pass (after the prompt's): its draft and target time, and the steps it committed."""
-        if not self.measure_cost or n_steps == 0:
+        costs = self.costs
+        if costs is None or n_steps == 0:
             return
         if not speculative:
-            self.plain_step_s = self.plain_step_s or seconds / n_steps
+            costs.plain_step_s = costs.plain_step_s or seconds / n_steps
             return
-        self.spec_s += seconds
-        self.spec_steps += n_steps
-        self.spec_passes += 1
-        assert self.plain_step_s is not None
-        if self.spec_passes >= COST_MIN_PASSES and self.spec_s > self.spec_steps * self.plain_step_s:
-            self.fallen_back = True
+        costs.spec_s += seconds
+        costs.spec_steps += n_steps
+        costs.spec_passes += 1
+        self.fallen_back = self.fallen_back or costs.losing
 
     def next(self, remaining: int) -> int:
         """Proposing more than remaining - 1 is pointless: the target adds a token of its own."""
-        if self.fallen_back or (self.measure_cost and self.plain_step_s is None):
+        costs = self.costs
+        if costs is not None and (costs.plain_step_s is None or costs.losing):
+            self.fallen_back = self.fallen_back or costs.losing
+            return 0
+        if self.fallen_back:
             return 0
         return max(0, min(self.k, remaining - 1))
 

@@ -38,7 +38,7 @@ from .drafting import Drafter, make_drafter
 from .errors import InvalidOptionError
 from .models import LoadedModel
 from .results import Segment, TranscriptionResult
-from .speculative import DraftLength
+from .speculative import DraftLength, PassCosts
 
 logger = logging.getLogger("asr")
 
@@ -204,6 +204,8 @@ def _segments(
     content_frames = mel.shape[-1] - N_FRAMES
     seek = 0
     all_tokens: list[int] = []
+    # beam search: whether speculation pays is timed once and remembered for the rest of the recording
+    costs = PassCosts() if options.beam_size is not None else None
     next_id = 0
     while seek < content_frames:
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
@@ -221,8 +223,7 @@ def _segments(
             features = _encode(model, mel_window, stats)
         previous = all_tokens if transcribe_options.condition_on_previous_text else None
         task = DecodingTask(model, options, options.language, previous)
-        draft_length = DraftLength(options.draft_k, measure_cost=options.beam_size is not None)
-        result = task.run(features, mel_window, drafter, draft_length)
+        result = task.run(features, mel_window, drafter, DraftLength(options.draft_k, costs))
         _add_decoding_stats(stats, result)
         info.window_tokens.append(result.tokens)
 

@@ -13,7 +13,7 @@ from asr.drafting import DecoderDrafter, self_draft_decoder
 from asr.errors import InvalidOptionError
 from asr.logit_filters import LogitFilter, apply_filters
 from asr.models import load_model
-from asr.speculative import K_START, DraftLength
+from asr.speculative import K_START, DraftLength, PassCosts
 from asr.transcribe import TranscribeOptions, transcribe
 from tests.util import normalize, perturbed_decoder, random_dims, random_model
 
@@ -357,15 +357,17 @@ def test_speculative_beam_on_real_speech_is_identical_to_plain_beam(speech_dir, 
 
 
 def test_beam_drafting_stops_when_it_costs_more_than_plain_steps():
-    policy = DraftLength(measure_cost=True)
+    costs = PassCosts()
+    policy = DraftLength(costs=costs)
     assert policy.next(remaining=50) == 0, "a plain pass is timed first"
     policy.timed(0.020, 1, speculative=False)
     assert policy.next(remaining=50) == K_START
     policy.timed(0.100, 6, speculative=True)  # 16.7 ms a step: pays
-    policy.timed(0.100, 6, speculative=True)
     assert not policy.fallen_back and policy.next(remaining=50) > 0
-    policy.timed(0.300, 2, speculative=True)  # 500 ms for 14 steps, 35.7 ms each: more than plain's 20
+    policy.timed(0.300, 2, speculative=True)  # 400 ms for 8 steps, 50 ms each: more than plain's 20
     assert policy.fallen_back and policy.next(remaining=50) == 0
-    fixed = DraftLength(4, measure_cost=True)  # a fixed k is the user's choice: always drafts
+    later_window = DraftLength(costs=costs)  # the verdict holds for the rest of the recording
+    assert later_window.next(remaining=50) == 0 and later_window.fallen_back
+    fixed = DraftLength(4, costs=PassCosts())  # a fixed k is the user's choice: always drafts
     fixed.timed(1.0, 1, speculative=True)
     assert fixed.next(remaining=50) == 4 and not fixed.fallen_back
