@@ -35,8 +35,9 @@ COST_MIN_PASSES = 1
 
 @dataclass
 class PassCosts:
-    """The timings that decide whether speculation pays, kept across the windows of one recording: once it
-    has lost, later windows decode plainly from their start, with no plain pass to time and no loss."""
+    """The timings that decide whether speculation pays, kept across windows (and recordings: see
+    transcribe.pass_costs): once it has lost, later windows decode plainly from their start, with no plain
+    pass to time and nothing lost."""
 
     plain_step_s: float | None = None  # one plain step, timed in the loop
     spec_s: float = 0.0  # draft and target time of the speculative passes
@@ -57,9 +58,9 @@ class DraftLength:
     rejection, within [K_MIN, K_MAX], as transformers' assisted generation does).
 
     An adaptive k also stops drafting when speculation does not pay: for the window after a low acceptance
-    rate; or, given `costs` (beam search, whose draft and tree pass cost a lot on a CPU), for the recording
-    once its passes have cost more per committed step than a plain pass (the first pass after the prompt
-    runs plain to time one).
+    rate; or, given `costs` (beam search, whose draft and tree pass cost a lot on a CPU), for good once its
+    passes have cost more per committed step than a plain pass (the first pass after the prompt runs plain
+    to time one).
     """
 
     def __init__(self, fixed: int | None = None, costs: PassCosts | None = None) -> None:

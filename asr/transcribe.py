@@ -204,8 +204,7 @@ def _segments(
     content_frames = mel.shape[-1] - N_FRAMES
     seek = 0
     all_tokens: list[int] = []
-    # beam search: whether speculation pays is timed once and remembered for the rest of the recording
-    costs = PassCosts() if options.beam_size is not None else None
+    costs = pass_costs(model, drafter.name, options.beam_size) if options.beam_size is not None else None
     next_id = 0
     while seek < content_frames:
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
@@ -370,6 +369,16 @@ def _finish_stats(
             f"(one-token pass of {beam_size or 1} row(s) measured on this machine); use --compare to measure"
         )
         stats["identical_to_target"] = None
+
+
+_PASS_COSTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, int], PassCosts]]
+_PASS_COSTS = weakref.WeakKeyDictionary()
+
+
+def pass_costs(model: LoadedModel, draft: str, beam_size: int) -> PassCosts:
+    """Beam search: whether speculation pays with this draft is timed once per process and remembered
+    (asr/speculative.py, PassCosts), so a batch of short files pays for the measurement once, not per file."""
+    return _PASS_COSTS.setdefault(model.model, {}).setdefault((draft, beam_size), PassCosts())
 
 
 _PASS_TIMES: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, float]] = weakref.WeakKeyDictionary()
