@@ -48,7 +48,7 @@ class KVCache:
 
     def reorder(self, beam_indices: torch.Tensor) -> None:
         """Row i becomes old row beam_indices[i], for i < len(beam_indices) <= n_batch: beam search follows
-        its beams, and speculative beam search fans a beam out to several rows (one per proposed path)."""
+        its beams, and a beam draft goes from the B live beams to its own 2B beams and back."""
         n_rows = beam_indices.shape[0] if beam_indices.dim() == 1 else -1
         if not 1 <= n_rows <= self.n_batch:
             raise ValueError(

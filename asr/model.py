@@ -151,8 +151,9 @@ class DecoderBlock(nn.Module):
             attended = F.scaled_dot_product_attention(q, ck, cv)
         else:
             # One audio for every row (beams, a draft's rows): fold the rows into the query axis, so the
-            # window's keys/values (6 MB a layer for base) are read once, not once per row: beam search
-            # steps ran ~1.7x slower than greedy ones for that alone. No mask: the rows stay independent.
+            # window's keys/values (6 MB a layer for base) are read once, not once per row: a plain beam
+            # step (5 rows) of base took 33 ms here against 19 ms for a greedy one, 25-27 ms with this.
+            # No mask: the rows stay independent.
             _, n_head, n_new, d_head = q.shape
             folded = q.transpose(0, 1).reshape(1, n_head, n_batch * n_new, d_head)
             attended = F.scaled_dot_product_attention(folded, ck, cv)
