@@ -2,8 +2,9 @@
 
 Static and position-indexed (the idea of gpt-fast's KVCache): buffers are allocated once for the whole text
 context, a forward pass writes the keys/values of its new positions at [length, length + n_new), and
-`length` says how much is valid. So rolling back rejected speculative tokens is free (`crop`), and beam
-search reorders rows in place (`reorder`). Cross-attention keys/values depend only on the audio, so they
+`length` says how much is valid. So rolling back rejected speculative tokens is free (`crop`), beam
+search reorders rows in place (`reorder`), and speculative beam search keeps a path of its proposal tree
+laid out in sequence order (`select`). Cross-attention keys/values depend only on the audio, so they
 are computed once per window and shared by every row.
 """
 
