@@ -36,10 +36,9 @@ COST_MIN_PASSES = 1
 @dataclass
 class PassCosts:
     """The timings that decide whether speculation pays, kept across windows (and recordings: see
-    transcribe.pass_costs): once it has lost, later windows decode plainly from their start, with no plain
-    pass to time and nothing lost."""
+    transcribe.pass_costs): once it has lost, later windows decode plainly, and nothing more is lost."""
 
-    plain_step_s: float | None = None  # one plain step, timed in the loop
+    plain_step_s: float | None = None  # the fastest plain step timed in the loop
     spec_s: float = 0.0  # draft and target time of the speculative passes
     spec_steps: int = 0  # the steps they committed
     spec_passes: int = 0
@@ -59,8 +58,8 @@ class DraftLength:
 
     An adaptive k also stops drafting when speculation does not pay: for the window after a low acceptance
     rate; or, given `costs` (beam search, whose draft and tree pass cost a lot on a CPU), for good once its
-    passes have cost more per committed step than a plain pass (the first pass after the prompt runs plain
-    to time one).
+    passes have cost more per committed step than the fastest plain pass seen (each window's first pass
+    after the prompt runs plain to time one).
     """
 
     def __init__(self, fixed: int | None = None, costs: PassCosts | None = None) -> None:
@@ -70,6 +69,7 @@ class DraftLength:
         self.n_accepted = 0
         self.fallen_back = False
         self.costs = costs if fixed is None else None
+        self.probed = False  # with costs: each window's first pass after the prompt runs plain, timed
 
     def update(self, n_proposed: int, n_accepted: int) -> None:
         self.n_proposed += n_proposed
@@ -89,7 +89,10 @@ class DraftLength:
         if costs is None or n_steps == 0:
             return
         if not speculative:
-            costs.plain_step_s = costs.plain_step_s or seconds / n_steps
+            # the fastest plain step seen: a cold process's first pass must not flatter speculation
+            step_s = seconds / n_steps
+            costs.plain_step_s = min(costs.plain_step_s or step_s, step_s)
+            self.probed = True
             return
         costs.spec_s += seconds
         costs.spec_steps += n_steps
@@ -99,7 +102,8 @@ class DraftLength:
     def next(self, remaining: int) -> int:
         """Proposing more than remaining - 1 is pointless: the target adds a token of its own."""
         costs = self.costs
-        if costs is not None and (costs.plain_step_s is None or costs.losing):
+        if costs is not None and (not self.probed or costs.losing):
+            # a plain pass costs nothing against plain decoding: every window times one
             self.fallen_back = self.fallen_back or costs.losing
             return 0
         if self.fallen_back:

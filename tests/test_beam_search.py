@@ -368,6 +368,13 @@ def test_beam_drafting_stops_when_it_costs_more_than_plain_steps():
     assert policy.fallen_back and policy.next(remaining=50) == 0
     later_window = DraftLength(costs=costs)  # the verdict holds for the rest of the recording
     assert later_window.next(remaining=50) == 0 and later_window.fallen_back
+    paying = PassCosts()
+    first, second = DraftLength(costs=paying), DraftLength(costs=paying)
+    first.timed(0.050, 1, speculative=False)  # a cold first plain pass
+    second.timed(0.020, 1, speculative=False)  # each window times one: the fastest counts
+    assert paying.plain_step_s == 0.020 and second.next(remaining=50) == K_START
+    second.timed(0.150, 6, speculative=True)  # 25 ms a step: would pay against the cold 50, not against 20
+    assert second.fallen_back and paying.losing
     fixed = DraftLength(4, costs=PassCosts())  # a fixed k is the user's choice: always drafts
     fixed.timed(1.0, 1, speculative=True)
     assert fixed.next(remaining=50) == 4 and not fixed.fallen_back
