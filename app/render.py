@@ -115,16 +115,25 @@ def figures_html(stats: dict[str, Any], duration_s: float, language: str) -> str
     elif rate is None:
         acceptance = ("n/a", "nothing proposed")
     else:
-        acceptance = (f"{rate:.0%}", f"{stats.get('accepted', 0)} of {stats.get('proposed', 0)} proposed")
-    cards = [
-        _card("speedup (decode phase)", _ratio(stats.get("speedup")), speedup_note, _speedup_colour(stats)),
-        _card("same output as target alone", identity[0], identity[1], identity[2]),
-        _card("draft acceptance", *acceptance),
-        _card(
+        unit = "draft steps confirmed" if stats.get("beam_size") else "proposed"
+        acceptance = (f"{rate:.0%}", f"{stats.get('accepted', 0)} of {stats.get('proposed', 0)} {unit}")
+    if stats.get("beam_size"):  # beam search: the draft proposes steps of a tree, the target confirms steps
+        per_pass = (
+            "beam steps per target pass",
+            f"{stats.get('beam_steps_per_target_pass', 0.0):.1f}",
+            f"{stats.get('beam_steps', 0)} steps",
+        )
+    else:
+        per_pass = (
             "tokens per target pass",
             f"{stats.get('tokens_per_target_pass', 0.0):.1f}",
             f"{stats.get('n_tokens', 0)} tokens",
-        ),
+        )
+    cards = [
+        _card("speedup (decode phase)", _ratio(stats.get("speedup")), speedup_note, _speedup_colour(stats)),
+        _card("same output as target alone", identity[0], identity[1], identity[2]),
+        _card("draft hit rate" if stats.get("beam_size") else "draft acceptance", *acceptance),
+        _card(*per_pass),
         _card(
             "passes: target / draft",
             f"{stats.get('target_passes', 0)} / {stats.get('draft_passes', 0)}",

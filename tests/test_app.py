@@ -169,8 +169,11 @@ def test_figures_html_labels_the_speedup_and_the_identity_check():
         _stats(draft="none", speedup=1.0, speedup_kind="baseline", acceptance_rate=None), 3.0, "de"
     )
     assert "baseline" in plain and "no draft" in plain and "language de" in plain
-    beam = render.figures_html(_stats(beam_size=4, speedup=None), 3.0, "en")
+    beam = render.figures_html(
+        _stats(beam_size=4, speedup=None, beam_steps=30, beam_steps_per_target_pass=5.0), 3.0, "en"
+    )
     assert "beam search (4 beams)" in beam and "n/a" in beam
+    assert "beam steps per target pass" in beam and "5.0" in beam and "draft steps confirmed" in beam
 
 
 def test_stage_times_show_every_stage_and_the_rest_of_the_loop():
