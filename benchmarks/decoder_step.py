@@ -11,7 +11,6 @@ same weights, same thread count for both engines. Ratios are the headline; absol
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 
 from asr.model import ModelDims, Whisper
 from asr.models import load_model
+from benchmarks.machine import cpu_name
 
 N_NEW = (1, 2, 4, 6, 8)
 PROMPT = 4  # cached positions before the timed step (the SOT sequence)
@@ -94,10 +94,7 @@ def main() -> None:
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, fp32, CPU"
-    )
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32, CPU")
     hf_available = not args.no_transformers
     try:
         from tests.util import to_transformers

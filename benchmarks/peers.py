@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.machine import cpu_name
 from benchmarks.peer_systems import SYSTEMS, WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,16 +85,6 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # --- driver ---------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:

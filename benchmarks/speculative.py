@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from asr.audio import load_audio
 from asr.models import load_model
 from asr.transcribe import transcribe
+from benchmarks.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "speech" / "public" / "manifest.jsonl"
@@ -41,16 +41,6 @@ def run(model, samples, draft: str, draft_k: int | None, timestamps: bool, beam_
         "end_to_end": times["total"] - times["load_audio"],
         "stats": stats,
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
