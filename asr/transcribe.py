@@ -232,7 +232,7 @@ def _segments(
         pieces, seek_frames = _split_by_timestamps(result.tokens, tokenizer.timestamp_begin, segment_size)
         seek += max(seek_frames, 1)
         window_end = time_offset + segment_duration
-        drafted = result.loop.drafted or [False] * len(result.tokens)
+        drafted = result.loop.drafted  # aligned with result.tokens
         offset = 0  # pieces are consecutive slices of the window's tokens
         for piece_tokens, start_rel, end_rel in pieces:
             piece_drafted = drafted[offset : offset + len(piece_tokens)]
