@@ -160,23 +160,7 @@ class DecodingTask:
         mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it).
         """
         options = self.options
-        if options.beam_size is not None:
-            loop = beam_search_loop(
-                self.model.model.decoder,
-                audio_features,
-                mel if mel is not None else torch.empty(0),
-                self.filters,
-                self.initial_tokens,
-                self.eot,
-                self.sample_len,
-                options.beam_size,
-                options.patience or 1.0,
-                options.length_penalty,
-                drafter or Drafter(),
-                draft_length or DraftLength(costs=PassCosts()),
-            )
-            return self._result(loop)
-        loop = decode_loop(
+        window = (
             self.model.model.decoder,
             audio_features,
             mel if mel is not None else torch.empty(0),
@@ -184,9 +168,13 @@ class DecodingTask:
             self.initial_tokens,
             self.eot,
             self.sample_len,
-            drafter or Drafter(),
-            draft_length or DraftLength(),
         )
+        drafter = drafter or Drafter()
+        if options.beam_size is not None:
+            beam = (options.beam_size, options.patience or 1.0, options.length_penalty)
+            loop = beam_search_loop(*window, *beam, drafter, draft_length or DraftLength(costs=PassCosts()))
+        else:
+            loop = decode_loop(*window, drafter, draft_length or DraftLength())
         return self._result(loop)
 
     def _result(self, loop: LoopResult) -> DecodingResult:
