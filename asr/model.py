@@ -49,6 +49,64 @@ class ModelDims:
         )
 
 
+DECODER_ROWS = 16  # the row count decoder weights are packed for: a step feeds 1 to a few hundred rows
+
+
+def packable(weight: Tensor) -> bool:
+    """Whether oneDNN can hold `weight` in its blocked layout here (a CPU; fp32, or bf16 where supported)."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if weight.dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return weight.dtype == torch.float32
+
+
+def pack_weight(weight: Tensor, rows: int) -> Tensor:
+    """`weight` (shape = (n_out, n_in)) in oneDNN's blocked layout for products of about `rows` rows.
+
+    Same values (`to_dense()` gives them back), other memory order. A decoding step multiplies one row, or a
+    few (a verification pass, beams), by weights far larger than the cache: what counts is reading them at
+    full memory speed, which oneDNN's packed kernel does and the default GEMM does not. Measured on base,
+    2 cores (Zen 4): one greedy step 17 -> 14 ms, an 11-token verification pass 35 -> 18 ms, a 5-beam step
+    31 -> 15 ms. Any hint of 4 or more gave the same speed for 1 to 150 rows; a hint of 1 was slow for more.
+    """
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
+
+
+def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x @ weight.T + bias for a weight from pack_weight(); x: shape = (..., n_in)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose weight may be packed for oneDNN (see pack_weight). state_dict() gives it dense, and
+    load_state_dict() packs what it loads."""
+
+    rows = 0  # the hint it was packed for; 0: not packed
+
+    def pack(self, rows: int) -> None:
+        if packable(self.weight):
+            self.weight = nn.Parameter(pack_weight(self.weight, rows), requires_grad=False)
+            self.rows = rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight.is_mkldnn:
+            return packed_linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if destination[prefix + "weight"].is_mkldnn:
+            destination[prefix + "weight"] = destination[prefix + "weight"].to_dense()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        if self.weight.is_mkldnn:
+            self.weight = nn.Parameter(self.weight.to_dense(), requires_grad=False)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if self.rows:
+            self.pack(self.rows)
+
+
 def split_heads(x: Tensor, n_parts: int, n_head: int) -> Tensor:
     """x: shape = (n_batch, n_ctx, n_parts * d) -> shape = (n_parts, n_batch, n_head, n_ctx, d_head)."""
     n_batch, n_ctx, width = x.shape
@@ -59,8 +117,8 @@ class SelfAttention(nn.Module):
     def __init__(self, d: int, n_head: int) -> None:
         super().__init__()
         self.n_head = n_head
-        self.qkv = nn.Linear(d, 3 * d)  # fused q, k, v
-        self.out = nn.Linear(d, d)
+        self.qkv = Linear(d, 3 * d)  # fused q, k, v
+        self.out = Linear(d, d)
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Queries, keys, values, each shape = (n_batch, n_head, n_ctx, d_head)."""
@@ -78,8 +136,8 @@ class EncoderBlock(nn.Module):
         self.attn_ln = nn.LayerNorm(d)
         self.attn = SelfAttention(d, n_head)
         self.mlp_ln = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, 4 * d)
-        self.fc2 = nn.Linear(4 * d, d)
+        self.fc1 = Linear(d, 4 * d)
+        self.fc2 = Linear(4 * d, d)
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.attn.split(self.attn_ln(x))
@@ -114,9 +172,9 @@ class CrossAttention(nn.Module):
     def __init__(self, d: int, n_head: int) -> None:
         super().__init__()
         self.n_head = n_head
-        self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)  # fused k, v (Whisper's k has no bias: zero here)
-        self.out = nn.Linear(d, d)
+        self.q = Linear(d, d)
+        self.kv = Linear(d, 2 * d)  # fused k, v (Whisper's k has no bias: zero here)
+        self.out = Linear(d, d)
 
     def project_audio(self, audio_features: Tensor) -> tuple[Tensor, Tensor]:
         k, v = split_heads(self.kv(audio_features), 2, self.n_head)
@@ -131,8 +189,8 @@ class DecoderBlock(nn.Module):
         self.cross_attn_ln = nn.LayerNorm(d)
         self.cross_attn = CrossAttention(d, n_head)
         self.mlp_ln = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, 4 * d)
-        self.fc2 = nn.Linear(4 * d, d)
+        self.fc1 = Linear(d, 4 * d)
+        self.fc2 = Linear(4 * d, d)
 
     def forward(
         self, x: Tensor, cache: KVCache, layer: int, start: int, end: int, mask: Tensor | None
@@ -178,48 +236,29 @@ class TextDecoder(nn.Module):
         self.__dict__["head"] = None
 
     def prepare_for_inference(self) -> None:
-        """Lay the decoder's weights out for fast single-row products, and pack the vocabulary head.
-
-        On the CPU, a decoding step multiplies one row (or k + 1 rows) by each weight: MKL's product is
-        faster here, by ~10% per step, when the weight is stored input-major (the transpose contiguous); the
-        parameter keeps its shape and values, only its memory layout changes.
-        """
-        if self.positional_embedding.device.type == "cpu":
-            for module in self.blocks.modules():
-                if isinstance(module, nn.Linear):
-                    module.weight = nn.Parameter(
-                        module.weight.detach().t().contiguous().t(), requires_grad=False
-                    )
+        """Pack the block weights and the vocabulary head for fast few-row products (see pack_weight)."""
+        for module in self.blocks.modules():
+            if isinstance(module, Linear):
+                module.pack(DECODER_ROWS)
         self.pack_head()
 
     def pack_head(self, dtype: torch.dtype | None = None) -> None:
         """Prepare the vocabulary head (tied to the token embedding); again after changing the embedding.
 
-        The head (n_vocab x d, 106 MB for base in fp32) is read whole on every step: ~45% of a step. On the
-        CPU it goes through oneDNN's GEMM, ~3x faster here than the default kernel (5 ms vs 15 ms for one
-        token of base on 2 cores, 10 ms vs 30 ms for six), with the same arithmetic. A draft may use a
-        cheaper `dtype`: the target verifies every token.
+        The head (n_vocab x d, 106 MB for base in fp32) is read whole on every step: about a third of a step.
+        On the CPU it is packed for oneDNN (pack_weight). A draft may use a cheaper `dtype`: the target
+        verifies every token.
         """
         weight = self.token_embedding.weight.detach()
-        weight = weight.to(dtype or weight.dtype).contiguous()
-        mkldnn_dtypes = (torch.float32, torch.bfloat16)
-        if (
-            weight.device.type == "cpu"
-            and weight.dtype in mkldnn_dtypes
-            and torch.backends.mkldnn.is_available()
-        ):
-            weight = weight.to_mkldnn()
-        self.__dict__["head"] = weight
+        weight = weight.to(dtype or weight.dtype)
+        self.__dict__["head"] = pack_weight(weight, DECODER_ROWS) if packable(weight) else weight.contiguous()
 
     def project(self, x: Tensor) -> Tensor:
         """Logits from final hidden states. x: shape = (..., d) -> shape = (..., n_vocab), float32."""
         head = self.head if self.head is not None else self.token_embedding.weight
-        rows = x.reshape(-1, x.shape[-1])
-        if head.is_mkldnn:
-            logits = torch.ops.aten.mkldnn_linear(rows.to(head.dtype).to_mkldnn(), head, None).to_dense()
-        else:
-            logits = F.linear(rows.to(head.dtype), head)
-        return logits.float().view(*x.shape[:-1], -1)
+        x = x.to(head.dtype)
+        logits = packed_linear(x, head, None) if head.is_mkldnn else F.linear(x, head)
+        return logits.float()
 
     def new_cache(self, audio_features: Tensor, n_batch: int) -> KVCache:
         """A cache for `n_batch` rows decoding against `audio_features` (shape = (1 or n_batch, n_ctx, d))."""
@@ -301,5 +340,13 @@ class Whisper(nn.Module):
         weights = {k: v for k, v in sd.items() if not k.endswith(".n_head")}
         model.load_state_dict(weights, strict=True, assign=True)
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        model.decoder.prepare_for_inference()
+        model.prepare_for_inference()
         return model
+
+    def prepare_for_inference(self) -> None:
+        """Lay the weights out for inference on this device (on a CPU: packed for oneDNN, see pack_weight).
+        Change no weight afterwards: the packed copies would not follow."""
+        for module in self.encoder.modules():
+            if isinstance(module, Linear):
+                module.pack(self.dims.n_audio_ctx)
+        self.decoder.prepare_for_inference()

@@ -82,7 +82,7 @@ def overhead_step(repeats: int) -> float:
     """The step of a model with d=8 and 64 tokens: what remains is Python and op-dispatch overhead."""
     dims = ModelDims(80, 1500, 8, 1, 6, 64, 448, 8, 1, 6)
     model = Whisper(dims).eval().requires_grad_(False)
-    model.decoder.pack_head()
+    model.prepare_for_inference()
     return ours_step(model, 1, repeats)
 
 

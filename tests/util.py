@@ -47,7 +47,7 @@ def random_model(seed: int = 0, dims: ModelDims | None = None, scale: float = 1.
                 p.copy_(torch.randn(p.shape, generator=generator) * (1.0 / p.shape[-1] ** 0.5))
         model.decoder.token_embedding.weight.mul_(scale)
     model.eval().requires_grad_(False)
-    model.decoder.pack_head()  # the same vocabulary-head kernel real models use
+    model.prepare_for_inference()  # the same kernels real models use
     tokenizer = Tokenizer(TINY_EN_TOKENIZER, multilingual=False)
     return LoadedModel(
         name=f"random-{seed}",
@@ -168,5 +168,5 @@ def perturbed_decoder(m: LoadedModel, noise: float, seed: int) -> TextDecoder:
     g = torch.Generator().manual_seed(seed)
     state = {k: v + noise * v.std() * torch.randn(v.shape, generator=g) for k, v in src.state_dict().items()}
     decoder.load_state_dict(state, assign=True)
-    decoder.eval().requires_grad_(False).pack_head()
+    decoder.eval().requires_grad_(False).prepare_for_inference()
     return decoder
