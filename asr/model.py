@@ -204,24 +204,33 @@ class DecoderBlock(nn.Module):
         x = x + self.attn.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
 
         q = split_heads(self.cross_attn.q(self.cross_attn_ln(x)), 1, self.cross_attn.n_head)[0]
-        ck, cv = cache.cross_k[layer], cache.cross_v[layer]
-        if ck.shape[0] == n_batch:
-            attended = F.scaled_dot_product_attention(q, ck, cv)
-        else:
-            # One audio for every row (beams, a draft's rows): fold the rows into the query axis, so the
-            # window's keys/values (6 MB a layer for base) are read once, not once per row: a plain beam
-            # step (5 rows) of base took 33 ms here against 19 ms for a greedy one, 25-27 ms with this.
-            # No mask: the rows stay independent.
-            _, n_head, n_new, d_head = q.shape
-            folded = q.transpose(0, 1).reshape(1, n_head, n_batch * n_new, d_head)
-            attended = F.scaled_dot_product_attention(folded, ck, cv)
-            attended = attended.view(n_head, n_batch, n_new, d_head).transpose(0, 1)
+        attended = cross_attend(q, cache.cross_k[layer], cache.cross_v[layer])
         x = x + self.cross_attn.out(attended.transpose(1, 2).reshape(x.shape))
         return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
 
 
+def cross_attend(q: Tensor, ck: Tensor, cv: Tensor) -> Tensor:
+    """Attention of the new positions over the window's audio. q: shape = (n_batch, n_head, n_new, d_head);
+    ck, cv: shape = (1 or n_batch, n_head, n_audio_ctx, d_head)."""
+    n_batch, n_head, n_new, d_head = q.shape
+    if ck.shape[0] != n_batch:
+        # One audio for every row (beams, a draft's rows): fold the rows into the query axis, so the
+        # window's keys/values (6 MB a layer for base) are read once, not once per row: a plain beam
+        # step (5 rows) of base took 33 ms here against 19 ms for a greedy one, 25-27 ms with this.
+        # No mask: the rows stay independent.
+        folded = q.transpose(0, 1).reshape(1, n_head, n_batch * n_new, d_head)
+        return cross_attend(folded, ck, cv).view(n_head, n_batch, n_new, d_head).transpose(0, 1)
+    if ck.dtype != q.dtype:
+        # A draft's cheaper copy of the keys/values (bf16: half the bytes of the largest thing a step reads
+        # after the weights). Plain products: the CPU's fused attention is slower in bf16 than in fp32
+        # (4.9 ms against 3.1 ms for base's six layers), two bf16 products take 1.3 ms.
+        weights = torch.softmax((q * d_head**-0.5).to(ck.dtype) @ ck.transpose(-1, -2), dim=-1)
+        return (weights @ cv).to(q.dtype)
+    return F.scaled_dot_product_attention(q, ck, cv)
+
+
 class TextDecoder(nn.Module):
-    head: Tensor | None  # see pack_head()
+    head: nn.Module | None  # see pack_head()
 
     def __init__(self, dims: ModelDims) -> None:
         super().__init__()
@@ -242,23 +251,27 @@ class TextDecoder(nn.Module):
                 module.pack(DECODER_ROWS)
         self.pack_head()
 
-    def pack_head(self, dtype: torch.dtype | None = None) -> None:
-        """Prepare the vocabulary head (tied to the token embedding); again after changing the embedding.
+    def pack_head(self) -> None:
+        """Build the vocabulary head (tied to the token embedding); again after changing the embedding.
 
         The head (n_vocab x d, 106 MB for base in fp32) is read whole on every step: about a third of a step.
-        On the CPU it is packed for oneDNN (pack_weight). A draft may use a cheaper `dtype`: the target
-        verifies every token.
+        On the CPU it is packed for oneDNN (pack_weight). A draft sets a cheaper head of its own (set_head).
         """
         weight = self.token_embedding.weight.detach()
-        weight = weight.to(dtype or weight.dtype)
-        self.__dict__["head"] = pack_weight(weight, DECODER_ROWS) if packable(weight) else weight.contiguous()
+        head = Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        head.weight = nn.Parameter(weight, requires_grad=False)
+        head.pack(DECODER_ROWS)
+        self.set_head(head)
+
+    def set_head(self, head: nn.Module) -> None:
+        """Use `head` (hidden states -> logits) as the vocabulary head; kept out of the module registry."""
+        self.__dict__["head"] = head
 
     def project(self, x: Tensor) -> Tensor:
         """Logits from final hidden states. x: shape = (..., d) -> shape = (..., n_vocab), float32."""
-        head = self.head if self.head is not None else self.token_embedding.weight
-        x = x.to(head.dtype)
-        logits = packed_linear(x, head, None) if head.is_mkldnn else F.linear(x, head)
-        return logits.float()
+        if self.head is None:
+            return F.linear(x, self.token_embedding.weight).float()
+        return self.head(x).float()
 
     def new_cache(self, audio_features: Tensor, n_batch: int) -> KVCache:
         """A cache for `n_batch` rows decoding against `audio_features` (shape = (1 or n_batch, n_ctx, d))."""

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from asr.decoding import DecodingOptions, DecodingTask
+from asr.drafting import CastLinear, Int8Linear, cheap_linear, self_draft_decoder
 from asr.errors import InvalidOptionError
 from asr.logit_filters import ApplyTimestampRules, SuppressAtBegin, SuppressTokens
+from asr.model import Linear, cross_attend
 from asr.transcribe import _split_by_timestamps
 from tests.util import random_dims, random_model
 
@@ -38,6 +40,95 @@ def test_incremental_logits_equal_one_full_pass(tiny):
     incremental = torch.cat(steps, dim=1)
     assert cache.length == 9
     torch.testing.assert_close(incremental, full, atol=1e-4, rtol=1e-4)
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")
+
+
+@needs_onednn
+@torch.inference_mode()
+def test_a_packed_linear_computes_the_same_product_and_stays_dense_in_its_state_dict():
+    g = torch.Generator().manual_seed(3)
+    linear = Linear(64, 96)
+    linear.weight.data = torch.randn(96, 64, generator=g)
+    dense = dict(linear.state_dict())
+    x = torch.randn(2, 5, 64, generator=g)
+    expected = torch.nn.functional.linear(x, dense["weight"], dense["bias"])
+    linear.pack(16)
+    assert linear.weight.is_mkldnn
+    torch.testing.assert_close(linear(x), expected, atol=1e-4, rtol=1e-4)
+    for rows in (1, 3, 40):  # any row count, whatever the hint
+        torch.testing.assert_close(linear(x[0, :1].expand(rows, 64)), expected[0, :1].expand(rows, 96))
+    assert all(torch.equal(v, dense[k]) for k, v in linear.state_dict().items())
+    assert not any(v.is_mkldnn for v in linear.state_dict().values())
+    # loading new weights packs them: the packed copy never goes stale
+    other = {"weight": torch.randn(96, 64, generator=g), "bias": torch.randn(96, generator=g)}
+    linear.load_state_dict(other)
+    assert linear.weight.is_mkldnn
+    torch.testing.assert_close(linear(x), torch.nn.functional.linear(x, **other), atol=1e-4, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_a_packed_model_gives_the_logits_of_the_dense_one():
+    packed = random_model(seed=5)
+    dense = random_model(seed=5)
+    for module in dense.model.modules():  # unpack: the default kernels, same values
+        if isinstance(module, Linear) and module.weight.is_mkldnn:
+            module.weight = torch.nn.Parameter(module.weight.to_dense(), requires_grad=False)
+            module.rows = 0
+    dense.model.decoder.set_head(None)
+    mel = torch.randn(1, packed.dims.n_mels, 2 * packed.dims.n_audio_ctx)
+    tokens = torch.tensor([[50257, 400, 370, 452]])
+    logits = []
+    for m in (packed, dense):
+        features = m.model.encoder(mel)
+        logits.append(m.model.decoder(tokens, m.model.decoder.new_cache(features, 1)))
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_int8_weights_stay_within_their_rounding_of_the_dense_product():
+    g = torch.Generator().manual_seed(4)
+    weight, bias = torch.randn(200, 64, generator=g) * 0.1, torch.randn(200, generator=g)
+    x = torch.randn(3, 64, generator=g)
+    expected = torch.nn.functional.linear(x, weight, bias)
+    layer = cheap_linear(weight, bias, torch.int8)
+    assert isinstance(layer, Int8Linear)
+    got = layer(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    # each weight is off by at most half a step of its row's scale; bf16 inputs add ~0.4% more
+    scale = weight.abs().amax(dim=1) / 127
+    bound = 0.5 * scale * x.abs().sum(dim=1, keepdim=True) + 0.01 * (x.abs() @ weight.abs().T) + 0.02
+    assert (got - expected).abs().le(bound).all()
+    assert not torch.equal(got, expected)  # it is the int8 path, not a copy of the dense one
+    # a width the kernel cannot take (a multiple of 16 is needed) falls back to fp16 weights
+    assert isinstance(cheap_linear(weight[:, :40], bias, torch.int8), CastLinear)
+
+
+@torch.inference_mode()
+def test_cross_attention_over_cheaper_keys_and_values_stays_close():
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 4, 2, 16, generator=g)
+    k, v = torch.randn(1, 4, 50, 16, generator=g), torch.randn(1, 4, 50, 16, generator=g)
+    exact = cross_attend(q, k, v)  # 3 rows folded over one audio
+    rows_k, rows_v = k.expand(3, -1, -1, -1), v.expand(3, -1, -1, -1)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, rows_k, rows_v)
+    torch.testing.assert_close(exact, expected, atol=1e-5, rtol=1e-5)
+    cheap = cross_attend(q, k.bfloat16(), v.bfloat16())
+    assert cheap.dtype == torch.float32
+    torch.testing.assert_close(cheap, expected, atol=0.05, rtol=0.05)
+
+
+@torch.inference_mode()
+def test_an_int8_self_draft_proposes_the_targets_tokens_on_a_peaky_model():
+    m = random_model(seed=6, scale=8.0)
+    draft = self_draft_decoder(m, torch.int8)
+    assert isinstance(draft.head, Int8Linear)
+    features = _features(m)
+    tokens = torch.tensor([[50257, 400, 370, 452, 7177, 6280]])
+    target_logits = m.model.decoder(tokens, m.model.decoder.new_cache(features, 1))
+    draft_logits = draft(tokens, draft.new_cache(features, 1))
+    assert torch.equal(target_logits.argmax(-1), draft_logits.argmax(-1))
 
 
 @torch.inference_mode()
