@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .drafting import Drafter, Window
 from .logit_filters import LogitFilter, apply_filters
-from .model import TextDecoder
+from .model import CrossKV, TextDecoder
 from .speculative import DraftLength, LoopResult
 
 
@@ -193,6 +193,7 @@ def beam_search_loop(
     length_penalty: float | None,
     drafter: Drafter,
     draft_length: DraftLength,
+    cross: CrossKV | None = None,
 ) -> LoopResult:
     """Beam search over one window, speculative when the drafter proposes; plain with the `none` drafter.
 
@@ -203,12 +204,12 @@ def beam_search_loop(
     that leaves the tree is still exact (its beams' distributions are known): so the beams, their scores
     and the winner are plain beam search's (Leviathan et al. 2023, appendix A.4); 4. each new beam's cache
     row takes its parent's keys/values, the tree's slots laid out in sequence order.
-    audio_features: shape = (1, n_ctx, d).
+    audio_features: shape = (1, n_ctx, d); cross: its cross-attention projection, if already made.
     """
     device = audio_features.device
     start = time.perf_counter()
     draft_width = DRAFT_WIDTH * beam_size
-    cache = decoder.new_cache(audio_features, n_batch=beam_size)  # cross keys/values shared by the rows
+    cache = decoder.new_cache(audio_features, beam_size, cross)  # cross keys/values shared by the rows
     loop_start = time.perf_counter()
     result = LoopResult(tokens=[], sum_logprob=0.0, prompt_hidden=torch.empty(0))
     result.cross_kv_time_s = loop_start - start

@@ -16,6 +16,7 @@ from .beam_search import beam_search_loop
 from .drafting import Drafter
 from .errors import InvalidOptionError
 from .logit_filters import ApplyTimestampRules, LogitFilter, SuppressAtBegin, SuppressTokens
+from .model import CrossKV
 from .models import LoadedModel
 from .speculative import DraftLength, LoopResult, PassCosts, decode_loop
 from .tokenizer import TASKS
@@ -152,12 +153,14 @@ class DecodingTask:
         mel: Tensor | None = None,
         drafter: Drafter | None = None,
         draft_length: DraftLength | None = None,
+        cross: CrossKV | None = None,
     ) -> DecodingResult:
         """Decode one window: greedy, or beam search with options.beam_size; speculative either way when a
         drafter is given (the output is the same).
 
         audio_features: shape = (1, n_audio_ctx, n_audio_state), the target's encoder output;
-        mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it).
+        mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it);
+        cross: the features' cross-attention projection, when already made (language detection makes it).
         """
         options = self.options
         window = (
@@ -172,9 +175,10 @@ class DecodingTask:
         drafter = drafter or Drafter()
         if options.beam_size is not None:
             beam = (options.beam_size, options.patience or 1.0, options.length_penalty)
-            loop = beam_search_loop(*window, *beam, drafter, draft_length or DraftLength(costs=PassCosts()))
+            draft_length = draft_length or DraftLength(costs=PassCosts())
+            loop = beam_search_loop(*window, *beam, drafter, draft_length, cross)
         else:
-            loop = decode_loop(*window, drafter, draft_length or DraftLength())
+            loop = decode_loop(*window, drafter, draft_length or DraftLength(), cross)
         return self._result(loop)
 
     def _result(self, loop: LoopResult) -> DecodingResult:
@@ -188,13 +192,16 @@ class DecodingTask:
 
 
 @torch.inference_mode()
-def detect_language(model: LoadedModel, audio_features: Tensor) -> tuple[str, dict[str, float]]:
-    """The most probable language of a window and every language's probability (multilingual models)."""
+def detect_language(
+    model: LoadedModel, audio_features: Tensor, cross: CrossKV | None = None
+) -> tuple[str, dict[str, float]]:
+    """The most probable language of a window and every language's probability (multilingual models).
+    cross: the features' cross-attention projection, when already made."""
     tokenizer = model.tokenizer
     if not tokenizer.multilingual:
         return "en", {"en": 1.0}
     decoder = model.model.decoder
-    cache = decoder.new_cache(audio_features, n_batch=1)
+    cache = decoder.new_cache(audio_features, n_batch=1, cross=cross)
     logits = decoder(torch.tensor([[tokenizer.sot]], device=audio_features.device), cache)[0, -1]
     codes = list(tokenizer.language_tokens)
     ids = torch.tensor([tokenizer.language_tokens[c] for c in codes], device=logits.device)

@@ -229,6 +229,9 @@ def cross_attend(q: Tensor, ck: Tensor, cv: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, ck, cv)
 
 
+CrossKV = tuple[list[Tensor], list[Tensor]]  # per layer: cross-attention keys, values
+
+
 class TextDecoder(nn.Module):
     head: nn.Module | None  # see pack_head()
 
@@ -273,10 +276,17 @@ class TextDecoder(nn.Module):
             return F.linear(x, self.token_embedding.weight).float()
         return self.head(x).float()
 
-    def new_cache(self, audio_features: Tensor, n_batch: int) -> KVCache:
-        """A cache for `n_batch` rows decoding against `audio_features` (shape = (1 or n_batch, n_ctx, d))."""
+    def project_audio(self, audio_features: Tensor) -> CrossKV:
+        """Every layer's cross-attention keys/values for `audio_features` (shape = (1 or n_batch, n_ctx, d)):
+        the window's one costly projection (~55 ms for base on 2 cores), for all that decodes the window."""
         cross = [cast(DecoderBlock, block).cross_attn.project_audio(audio_features) for block in self.blocks]
-        return self.cache_with_cross([k for k, _ in cross], [v for _, v in cross], n_batch)
+        return [k for k, _ in cross], [v for _, v in cross]
+
+    def new_cache(self, audio_features: Tensor, n_batch: int, cross: CrossKV | None = None) -> KVCache:
+        """A cache for `n_batch` rows decoding against `audio_features` (shape = (1 or n_batch, n_ctx, d));
+        `cross`: its projection, when already made (project_audio)."""
+        cross_k, cross_v = cross if cross is not None else self.project_audio(audio_features)
+        return self.cache_with_cross(cross_k, cross_v, n_batch)
 
     def cache_with_cross(self, cross_k: list[Tensor], cross_v: list[Tensor], n_batch: int) -> KVCache:
         """A cache reading cross-attention keys/values from elsewhere (a self-draft reads the target's)."""

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .drafting import Drafter, Window
 from .logit_filters import LogitFilter
-from .model import TextDecoder
+from .model import CrossKV, TextDecoder
 from .verify import GreedyVerifier
 
 K_MIN, K_MAX, K_START = 1, 10, 5
@@ -141,14 +141,16 @@ def decode_loop(
     sample_len: int,
     drafter: Drafter,
     draft_length: DraftLength,
+    cross: CrossKV | None = None,
 ) -> LoopResult:
     """Greedy decoding of one window, speculative when the drafter proposes.
 
-    audio_features: shape = (1, n_audio_ctx, n_audio_state); mel: shape = (n_mels, N_FRAMES).
+    audio_features: shape = (1, n_audio_ctx, n_audio_state); mel: shape = (n_mels, N_FRAMES); cross: the
+    features' cross-attention projection, if already made.
     """
     device = audio_features.device
     start = time.perf_counter()
-    cache = decoder.new_cache(audio_features, n_batch=1)
+    cache = decoder.new_cache(audio_features, n_batch=1, cross=cross)
     loop_start = time.perf_counter()
     verifier = GreedyVerifier(filters)
     tokens = list(initial_tokens)

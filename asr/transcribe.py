@@ -36,6 +36,7 @@ from .audio import (
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
 from .drafting import Drafter, make_drafter
 from .errors import InvalidOptionError
+from .model import CrossKV
 from .models import LoadedModel
 from .results import Segment, TranscriptionResult
 from .speculative import DraftLength, PassCosts
@@ -153,12 +154,16 @@ def transcribe_stream(
             "decode": 0.0,
         },
     }
-    first_features = None
+    first_window = None  # the first window's encoding and cross-attention projection, if detection made them
     language, language_probability = options.language, 1.0
     if language is None:
         if tokenizer.multilingual:
-            first_features = _encode(model, pad_or_trim(mel, N_FRAMES), stats)
-            language, probs = detect_language(model, first_features)
+            features = _encode(model, pad_or_trim(mel, N_FRAMES), stats)
+            start = time.perf_counter()
+            cross = model.model.decoder.project_audio(features)
+            stats["time_s"]["cross_kv"] += time.perf_counter() - start
+            first_window = (features, cross)
+            language, probs = detect_language(model, features, cross)
             language_probability = probs[language]
         else:
             language = "en"
@@ -171,7 +176,7 @@ def transcribe_stream(
         window_options,
         transcribe_options,
         info,
-        first_features,
+        first_window,
         t_start,
         drafter,
         reference,
@@ -194,7 +199,7 @@ def _segments(
     options: DecodingOptions,
     transcribe_options: TranscribeOptions,
     info: TranscriptionInfo,
-    first_features: torch.Tensor | None,
+    first_window: tuple[torch.Tensor, CrossKV] | None,
     t_start: float,
     drafter: Drafter,
     reference: TranscriptionInfo | None,
@@ -216,13 +221,14 @@ def _segments(
             seek += segment_size
             continue
         mel_window = pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES)
-        if seek == 0 and first_features is not None:
-            features = first_features
+        cross = None
+        if seek == 0 and first_window is not None:
+            features, cross = first_window
         else:
             features = _encode(model, mel_window, stats)
         previous = all_tokens if transcribe_options.condition_on_previous_text else None
         task = DecodingTask(model, options, options.language, previous)
-        result = task.run(features, mel_window, drafter, DraftLength(options.draft_k, costs))
+        result = task.run(features, mel_window, drafter, DraftLength(options.draft_k, costs), cross)
         _add_decoding_stats(stats, result)
         info.window_tokens.append(result.tokens)
 

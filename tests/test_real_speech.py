@@ -11,8 +11,9 @@ import torch
 
 from asr.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
 from asr.decoding import DecodingOptions, DecodingTask
+from asr.model import TextDecoder
 from asr.models import load_model
-from asr.transcribe import transcribe
+from asr.transcribe import single_pass_time, transcribe
 from tests.util import normalize, to_transformers, wer
 
 pytestmark = pytest.mark.slow
@@ -42,12 +43,18 @@ def check_invariants(result) -> None:
         previous_end = s.end
 
 
-def test_jfk_with_base(base, speech_dir):
+def test_jfk_with_base(base, speech_dir, monkeypatch):
+    single_pass_time(base)  # the speedup estimate's one-off timing pass: made now, not counted below
+    projections = []
+    project_audio = TextDecoder.project_audio
+    monkeypatch.setattr(TextDecoder, "project_audio", lambda *a: projections.append(1) or project_audio(*a))
     result = transcribe(base, speech_dir / "audio/jfk/jfk.flac")  # 44.1 kHz stereo 24-bit
     assert normalize(result.text) == normalize(JFK)
     assert result.language == "en"
     check_invariants(result)
     assert result.stats["n_tokens"] > 20 and result.stats["time_s"]["encoder"] > 0
+    # one window, one cross-attention projection: language detection and decoding share it
+    assert len(projections) == 1 and result.stats["time_s"]["cross_kv"] > 0
 
 
 def test_jfk_with_english_only_tiny(speech_dir):
