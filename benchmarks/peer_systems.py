@@ -290,7 +290,7 @@ SYSTEMS: dict[str, System] = {
         System(
             "ours-spec",
             "ours",
-            "transcribe(draft='self'): speculative greedy, fp16 self draft, k adaptive",
+            "transcribe(draft='self'): speculative greedy, self draft (int8 on a CPU), k adaptive",
             _ours("self", None),
         ),
         System(
