@@ -236,9 +236,10 @@ class Int8Linear(nn.Module):
     """A linear layer with int8 weights (one scale per output) and bf16 products; float32 in, float32 out.
 
     A quarter of fp32's bytes, and the CPU kernel reads them fast for a row or two: one greedy step of
-    base's self draft took 6.8 ms against 8.6 ms for fp16 weights (with its cross-attention in bf16, below;
-    2 cores, Zen 4), and 98% of its tokens were still the target's on 19 English clips. Only the weights
-    are quantised: the activations stay bf16 (quantising them too, as dynamic quantisation does, kept 69%).
+    base's self draft took 6.2-6.8 ms against 7.3-8.6 ms for fp16 weights (with its cross-attention in bf16,
+    see cross_attend; 2 cores, Zen 4), and 98% of its tokens were still the target's on 19 English clips.
+    Only the weights are quantised: the activations stay bf16 (quantising them too, as dynamic quantisation
+    does, kept 69%).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
@@ -342,8 +343,8 @@ _LOCK = threading.Lock()
 
 def self_draft_dtype(device: torch.device, beam_search: bool) -> torch.dtype:
     """The self draft's weight dtype. On a CPU, one greedy row: int8 weights (Int8Linear) with bf16
-    cross-attention keys/values, 6.8 ms a step of base, fp16 8.6 ms, bf16 13 ms, the fp32 target 14 ms; a
-    beam draft's 10 rows: bf16 (packed), where fp16 took 64 ms (2 cores, Zen 4). On a GPU: fp16."""
+    cross-attention keys/values, 6.2-6.8 ms a step of base, fp16 7.3-8.6 ms, bf16 13 ms, the fp32 target
+    13-15 ms; a beam draft's 10 rows: bf16 (packed), where fp16 took 64 ms (2 cores, Zen 4). A GPU: fp16."""
     if device.type != "cpu":
         return torch.float16
     return torch.bfloat16 if beam_search else torch.int8

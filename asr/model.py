@@ -85,7 +85,7 @@ class Linear(nn.Linear):
     rows = 0  # the hint it was packed for; 0: not packed
 
     def pack(self, rows: int) -> None:
-        if packable(self.weight):
+        if packable(self.weight) and not self.weight.is_mkldnn:
             self.weight = nn.Parameter(pack_weight(self.weight, rows), requires_grad=False)
             self.rows = rows
 
@@ -266,8 +266,9 @@ class TextDecoder(nn.Module):
         head.pack(DECODER_ROWS)
         self.set_head(head)
 
-    def set_head(self, head: nn.Module) -> None:
-        """Use `head` (hidden states -> logits) as the vocabulary head; kept out of the module registry."""
+    def set_head(self, head: nn.Module | None) -> None:
+        """Use `head` (hidden states -> logits) as the vocabulary head, kept out of the module registry;
+        None: a plain product with the token embedding."""
         self.__dict__["head"] = head
 
     def project(self, x: Tensor) -> Tensor:

@@ -160,7 +160,8 @@ def transcribe_stream(
         if tokenizer.multilingual:
             features = _encode(model, pad_or_trim(mel, N_FRAMES), stats)
             start = time.perf_counter()
-            cross = model.model.decoder.project_audio(features)
+            with torch.inference_mode():
+                cross = model.model.decoder.project_audio(features)
             stats["time_s"]["cross_kv"] += time.perf_counter() - start
             first_window = (features, cross)
             language, probs = detect_language(model, features, cross)
