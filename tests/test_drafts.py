@@ -18,6 +18,7 @@ import gc
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from asr.model import Whisper
 from asr.models import BUNDLED, LoadedModel, _package_file, load_model
 from asr.speculative import DraftLength
 from asr.tokenizer import Tokenizer
-from asr.transcribe import TranscribeOptions, transcribe
+from asr.transcribe import TranscribeOptions, TranscriptionInfo, _finish_stats, transcribe
 from tests.util import TINY_EN_TOKENIZER, random_dims, random_model, to_transformers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -392,6 +393,27 @@ def test_cli_compare_measures_the_speedup_and_checks_identity(capsys, tmp_path):
     assert stats["plain"]["target_passes"] > stats["target_passes"]
     assert_speedups_labelled(line)
     assert "output identical to the model alone" in line
+
+
+def test_compare_counts_the_work_both_runs_share_at_its_faster_timing():
+    """A cold process's first log-mel, encoder and projection calls land on the plain run (it goes
+    first): the end-to-end ratio takes each shared stage at the faster of the two runs' timings."""
+
+    def stats(mel, encoder, cross_kv, decode, total):
+        times = {"load_audio": 0.0, "mel": mel, "encoder": encoder, "cross_kv": cross_kv, "draft": 0.0}
+        times.update(target=decode, decode=decode, total=total)
+        return {
+            "time_s": times, "accepted_length_histogram": {}, "accepted": 0, "proposed": 0, "n_tokens": 10,
+            "target_passes": 10, "beam_size": None, "draft": "self", "n_windows": 1, "tokens_per_s": 10.0,
+        }  # fmt: skip
+
+    plain = TranscriptionInfo("en", 1.0, 5.0, stats(0.1, 0.9, 0.2, 1.0, 2.2))
+    spec = TranscriptionInfo("en", 1.0, 5.0, stats(0.01, 0.5, 0.05, 0.5, 0.0))
+    _finish_stats(random_model(seed=1), spec, time.perf_counter() - 1.06, plain)  # spec's total: 1.06 s
+    got = spec.stats
+    assert got["speedup"] == pytest.approx(2.0)  # decode phase: as measured
+    # plain: 2.2 s with its mel, encoder and projection at spec's 0.01, 0.5, 0.05 s: 1.56 s
+    assert got["speedup_end_to_end"] == pytest.approx(1.56 / 1.06, rel=0.01)
 
 
 @pytest.mark.slow
