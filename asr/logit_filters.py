@@ -55,7 +55,7 @@ class ApplyTimestampRules(LogitFilter):
     - timestamps come in pairs (an end then the next start), except a single one right before EOT;
     - timestamps never decrease, and a segment is never empty;
     - the first token is a timestamp no later than `max_initial_timestamp_index`;
-    - if the total probability of timestamps beats every single text token, a timestamp must come.
+    - if the total probability of timestamps beats every single text token's, a timestamp must come.
     """
 
     def __init__(
@@ -95,9 +95,10 @@ class ApplyTimestampRules(LogitFilter):
                 row_logits[:tb] = NEG_INF
                 if self.max_initial_timestamp_index is not None:
                     row_logits[tb + self.max_initial_timestamp_index + 1 :] = NEG_INF
-            logprobs = torch.log_softmax(row_logits.float(), dim=-1)
-            timestamp_logprob = torch.logsumexp(logprobs[tb:], dim=-1)
-            if timestamp_logprob > logprobs[:tb].max():
+            # openai compares log-probabilities: log P(any timestamp) > max log P(text token). Both sides
+            # are the logits' less the same log-normaliser, so the logits compare alike (~25 us a row here,
+            # against ~115 us for a log-softmax over the vocabulary first; every row of a pass runs this).
+            if torch.logsumexp(row_logits[tb:], dim=-1) > row_logits[:tb].max():
                 row_logits[:tb] = NEG_INF
 
 

@@ -12,7 +12,7 @@ from asr.decoding import DecodingOptions, DecodingTask
 from asr.drafting import CastLinear, Int8Linear, cheap_linear, self_draft_decoder
 from asr.errors import InvalidOptionError
 from asr.logit_filters import ApplyTimestampRules, SuppressAtBegin, SuppressTokens
-from asr.model import Linear, cross_attend
+from asr.model import Linear, cross_attend, linear_add, linear_gelu
 from asr.transcribe import _split_by_timestamps
 from tests.util import random_dims, random_model
 
@@ -69,6 +69,17 @@ def test_a_packed_linear_computes_the_same_product_and_stays_dense_in_its_state_
 
 
 @torch.inference_mode()
+@pytest.mark.parametrize("n_rows", [1, 11, 300])
+def test_a_packed_linears_fused_gelu_and_residual_add_give_the_unfused_values(n_rows):
+    g = torch.Generator().manual_seed(n_rows)
+    linear = Linear(64, 256)
+    torch.nn.init.normal_(linear.weight, generator=g)
+    linear.pack(16)
+    x, residual = torch.randn(1, n_rows, 64, generator=g), torch.randn(1, n_rows, 256, generator=g)
+    assert torch.equal(linear_gelu(linear, x), torch.nn.functional.gelu(linear(x)))
+    assert torch.equal(linear_add(linear, x, residual), residual + linear(x))
+
+
 def test_a_packed_model_gives_the_logits_of_the_dense_one():
     packed = random_model(seed=5)
     dense = random_model(seed=5)
@@ -226,6 +237,22 @@ def test_timestamp_rules_force_a_timestamp_when_they_dominate():
     logits[0, 7:] = 2.0  # 13 timestamps each as likely as the best text token, together far more
     _ts_rules().apply(logits, [[99, 8, 1]])
     assert torch.isinf(logits[0, :7]).all()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_timestamp_dominance_on_logits_decides_as_openai_on_log_probabilities(seed):
+    """The rule compares logits; openai compares log-probabilities (log-softmax first): the same decision."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(64, 20, generator=generator) * 4
+    logits[:, 7:] += torch.linspace(-6, 4, 64)[:, None]  # from text clearly ahead to timestamps clearly ahead
+    logits[:, 6] = float("-inf")  # <|notimestamps|>: the one other rule after a text token
+    edited = logits.clone()
+    _ts_rules().apply(edited, [[99, 1]] * 64)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    openai = torch.logsumexp(logprobs[:, 7:], dim=-1) > logprobs[:, :7].max(dim=-1).values
+    ours = torch.isinf(edited[:, :5]).all(dim=-1)
+    assert openai.any() and not openai.all(), "both outcomes are exercised"
+    assert torch.equal(ours, openai)
 
 
 def test_rows_use_their_own_prefixes():
