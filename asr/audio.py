@@ -12,13 +12,17 @@ mel filterbank, log10, a dynamic-range floor 8 decades below the peak, then (x +
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
 import math
 import os
+import re
 import stat
 import struct
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -153,7 +157,8 @@ def audio_duration(path: str | os.PathLike) -> float:
     label = os.fsdecode(os.fspath(path))
     _check_readable_audio_file(label, label)
     try:
-        info = sf.info(label)
+        with _without_mpg123_messages():
+            info = sf.info(label)
     except Exception as error:
         raise AudioLoadError(f"{label}: {_open_failure_reason(error)}") from error
     if info.samplerate <= 0:
@@ -382,10 +387,46 @@ def _open_failure_reason(error: BaseException) -> str:
     return f"cannot be decoded as audio ({detail})"
 
 
+# A message of libmpg123's own: "[src/libmpg123/parse.c:do_readahead():1083] warning: ...".
+_MPG123_MESSAGE = re.compile(r"\[src/libmpg123/[^\]\n]*\][^\n]*\n?")
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_mpg123_messages() -> Iterator[None]:
+    """Keep libmpg123's messages off the process's stderr while libsndfile sniffs a file's format.
+
+    libsndfile tries its MP3 decoder on bytes it does not recognise, and libmpg123 then writes warnings
+    straight to file descriptor 2 (not through Python): a user would see them beside our one-line error.
+    Meanwhile fd 2 goes to a temporary file; whatever else was written there (another thread's output) is
+    written back, libmpg123's messages go to the debug log. One sniff at a time: they are short.
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all: nothing to keep clean
+            yield
+            return
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            for message in _MPG123_MESSAGE.findall(text):
+                logger.debug("libmpg123: %s", message.strip())
+            rest = _MPG123_MESSAGE.sub("", text)
+            if rest:
+                os.write(2, rest.encode())
+
+
 def _decode(open_file: Callable[[], sf.SoundFile], max_duration_s: float | None, label: str) -> np.ndarray:
     """Decode a libsndfile-readable input block by block to float32 mono 16 kHz; shape = (n_samples,)."""
     try:
-        sound = open_file()
+        with _without_mpg123_messages():
+            sound = open_file()
     except Exception as error:
         raise AudioLoadError(f"{label}: {_open_failure_reason(error)}") from error
     with sound:

@@ -497,3 +497,12 @@ def test_project_samples_are_short_16k_mono_speech():
         assert 1.0 < len(samples) / SAMPLE_RATE < 10.0, file_name
         assert float(np.sqrt(np.mean(samples**2))) > 0.01, file_name
         assert len(text.split()) >= 5, file_name
+
+
+def test_libmpg123_messages_are_kept_off_stderr_and_other_output_is_not(capfd):
+    with audio._without_mpg123_messages():
+        os.write(2, b"[src/libmpg123/parse.c:do_readahead():1083] warning: Cannot read next header\n")
+        os.write(2, b"another thread's line\n")
+        os.write(2, b"[src/libmpg123/layer3.c:f():1] error: junk")
+    _, err = capfd.readouterr()
+    assert err == "another thread's line\n"
