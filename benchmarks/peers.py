@@ -285,7 +285,7 @@ def markdown(report: dict) -> str:
             f"{HEADLINE}: acceptance {statistics.mean(x for x in rates if x is not None):.0%} "
             "(mean over clips), "
             f"tokens per target pass {statistics.mean(x for x in per_pass if x is not None):.1f}, "
-            "k adaptive, target fp32, draft `self` (fp16).",
+            "k adaptive, target fp32, draft `self` (int8 weights on a CPU, fp16 on a GPU).",
         ]
     beam = ok.get("ours-spec-beam5")
     if beam:
