@@ -387,8 +387,9 @@ def _open_failure_reason(error: BaseException) -> str:
     return f"cannot be decoded as audio ({detail})"
 
 
-# A message of libmpg123's own: "[src/libmpg123/parse.c:do_readahead():1083] warning: ...".
-_MPG123_MESSAGE = re.compile(r"\[src/libmpg123/[^\]\n]*\][^\n]*\n?")
+# A message of libmpg123's own: "[src/libmpg123/parse.c:do_readahead():1083] warning: ..." (the source path
+# depends on the build).
+_MPG123_MESSAGE = re.compile(r"\[[^\]\n]*libmpg123/[^\]\n]*\][^\n]*\n?")
 _STDERR_LOCK = threading.Lock()
 
 

@@ -503,6 +503,6 @@ def test_libmpg123_messages_are_kept_off_stderr_and_other_output_is_not(capfd):
     with audio._without_mpg123_messages():
         os.write(2, b"[src/libmpg123/parse.c:do_readahead():1083] warning: Cannot read next header\n")
         os.write(2, b"another thread's line\n")
-        os.write(2, b"[src/libmpg123/layer3.c:f():1] error: junk")
+        os.write(2, b"[../mpg123/src/libmpg123/layer3.c:f():1] error: junk")
     _, err = capfd.readouterr()
     assert err == "another thread's line\n"
