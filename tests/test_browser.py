@@ -1,7 +1,8 @@
 """The web app in a real browser: Debian's headless Chromium driven by Playwright (no browser download).
 
 Clicks Transcribe with nothing uploaded (an error appears, the page stays usable), uploads a real clip, and
-finds the transcript, the figures, the token picture, the plot and the downloads on the page. Every request
+finds the transcript, the figures, the token picture, the plot and the downloads on the page; then records
+from the microphone (Chromium's fake device, playing a real clip) and transcribes the recording. Every request
 the page makes to anywhere but the app is blocked and recorded: the page must work offline. A screenshot of
 the finished page is saved as test-artifacts/app.png (git-ignored) for a person to look at.
 """
@@ -32,6 +33,9 @@ CHROMIUM_ARGS = [
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",
+    # a microphone without hardware: Chromium's fake device, playing (and looping) a file given below
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
 ]
 JFK = "audio/jfk/jfk.wav"
 JFK_TEXT = (
@@ -56,25 +60,27 @@ def app_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser(speech_dir) -> Iterator[object]:
     executable = CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
     if executable is None:
         pytest.skip(
             f"no Chromium at {CHROMIUM} or on PATH: install Debian's package (apt-get install chromium)"
         )
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        microphone = f"--use-file-for-fake-audio-capture={speech_dir / JFK}"
+        browser = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=[*CHROMIUM_ARGS, microphone]
+        )
         try:
             yield browser
         finally:
             browser.close()
 
 
-@pytest.mark.slow
-def test_upload_transcribe_and_see_the_figures(app_url, browser, speech_dir):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    outside: list[str] = []
-    page_errors: list[str] = []
+def open_app(browser, app_url: str, outside: list[str], page_errors: list[str]):
+    """A page on the app, with the microphone allowed; requests elsewhere are blocked and recorded."""
+    context = browser.new_context(permissions=["microphone"], viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
 
     def only_the_app(route):
         url = route.request.url
@@ -87,6 +93,22 @@ def test_upload_transcribe_and_see_the_figures(app_url, browser, speech_dir):
     page.route("**/*", only_the_app)
     page.on("pageerror", lambda error: page_errors.append(str(error)))
     page.goto(app_url)
+    return page
+
+
+def wait_for_transcript(page) -> str:
+    page.wait_for_function(
+        "() => { const t = document.querySelector('#transcript textarea'); return t && t.value.length > 0; }",
+        timeout=TRANSCRIBE_TIMEOUT_MS,
+    )
+    return page.locator("#transcript textarea").input_value()
+
+
+@pytest.mark.slow
+def test_upload_transcribe_and_see_the_figures(app_url, browser, speech_dir):
+    outside: list[str] = []
+    page_errors: list[str] = []
+    page = open_app(browser, app_url, outside, page_errors)
     button = page.locator("#transcribe-button")
     button.wait_for(timeout=60_000)
 
@@ -100,12 +122,7 @@ def test_upload_transcribe_and_see_the_figures(app_url, browser, speech_dir):
     # uploaded: the player and its download link appear in place of the drop zone
     page.locator("#audio-input [data-testid='download-link']").wait_for(state="attached", timeout=30_000)
     button.click()
-    page.wait_for_function(
-        "() => { const t = document.querySelector('#transcript textarea'); return t && t.value.length > 0; }",
-        timeout=TRANSCRIBE_TIMEOUT_MS,
-    )
-    transcript = page.locator("#transcript textarea").input_value()
-    assert normalize(transcript) == JFK_TEXT
+    assert normalize(wait_for_transcript(page)) == JFK_TEXT
 
     figures = page.locator("#figures")
     assert figures.locator(".asr-card").count() == 5
@@ -144,4 +161,29 @@ def test_upload_transcribe_and_see_the_figures(app_url, browser, speech_dir):
     page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
     assert outside == [], f"the page tried to reach outside the app: {outside}"
     assert page_errors == [], page_errors
-    page.close()
+    page.context.close()
+
+
+@pytest.mark.slow
+def test_record_from_the_microphone_and_transcribe(app_url, browser):
+    """The browser's (fake) microphone plays jfk.wav, looping: record 12 s, stop, transcribe the recording."""
+    outside: list[str] = []
+    page_errors: list[str] = []
+    page = open_app(browser, app_url, outside, page_errors)
+    audio = page.locator("#audio-input")
+    audio.get_by_label("Record audio").click()
+    audio.get_by_role("button", name="Record", exact=True).click()
+    audio.get_by_text("0:12").wait_for(timeout=60_000)  # the recorder's clock
+    audio.get_by_role("button", name="Stop", exact=True).click()
+    # recorded: the player and its download link appear, as after an upload
+    audio.locator("[data-testid='download-link']").wait_for(state="attached", timeout=30_000)
+    page.locator("#transcribe-button").click()
+    transcript = normalize(wait_for_transcript(page))
+    # 12 s of an 11-s clip played in a loop: the sentence, then its start again. The browser's capture
+    # (48 kHz, resampled, timing that varies) changes a word or two from run to run ("american", "asked").
+    phrases = ("my fellow america", "what your country can do for you", "what you can do for your country")
+    for phrase in phrases:
+        assert phrase in transcript, transcript
+    assert outside == [], f"the page tried to reach outside the app: {outside}"
+    assert page_errors == [], page_errors
+    page.context.close()
