@@ -80,6 +80,7 @@ def test_a_packed_linears_fused_gelu_and_residual_add_give_the_unfused_values(n_
     assert torch.equal(linear_add(linear, x, residual), residual + linear(x))
 
 
+@torch.inference_mode()
 def test_a_packed_model_gives_the_logits_of_the_dense_one():
     packed = random_model(seed=5)
     dense = random_model(seed=5)
