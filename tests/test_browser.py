@@ -170,6 +170,7 @@ def test_record_from_the_microphone_and_transcribe(app_url, browser):
     outside: list[str] = []
     page_errors: list[str] = []
     page = open_app(browser, app_url, outside, page_errors)
+    page.locator("#transcribe-button").wait_for(timeout=60_000)
     audio = page.locator("#audio-input")
     audio.get_by_label("Record audio").click()
     audio.get_by_role("button", name="Record", exact=True).click()
