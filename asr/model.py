@@ -8,7 +8,7 @@ sinusoidal encoder positions and learned decoder positions, a vocabulary head ti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -107,18 +107,24 @@ class Linear(nn.Linear):
             self.pack(self.rows)
 
 
+def is_packed(layer: nn.Module) -> TypeGuard[Linear]:
+    """Whether `layer` is a Linear whose weight is packed for oneDNN (a draft's cheaper layers are not)."""
+    return isinstance(layer, Linear) and layer.weight.is_mkldnn
+
+
 def linear_gelu(layer: nn.Module, x: Tensor) -> Tensor:
     """gelu(layer(x)). A packed Linear applies the (exact, erf) GELU in oneDNN's epilogue: the same values,
     without another pass over the result (an encoder layer's is 1500 x 2048 floats)."""
-    if isinstance(layer, Linear) and layer.weight.is_mkldnn:
+    if is_packed(layer):
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "none")
     return F.gelu(layer(x))
 
 
 def linear_add(layer: nn.Module, x: Tensor, residual: Tensor) -> Tensor:
     """residual + layer(x); a packed Linear adds the residual in oneDNN's epilogue (the same values)."""
-    fusable = isinstance(layer, Linear) and layer.weight.is_mkldnn
-    if fusable and residual.shape == (*x.shape[:-1], layer.out_features) and residual.dtype == x.dtype:
+    # the epilogue neither casts nor broadcasts the residual
+    fusable = is_packed(layer) and residual.dtype == x.dtype
+    if fusable and residual.shape == (*x.shape[:-1], layer.out_features):
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
     return residual + layer(x)
 

@@ -55,9 +55,12 @@ def main() -> None:
         logits = decoder(torch.tensor([prompt], device=model.device), cache)[0, -1]
         tokens: list[int] = []
         steps: list[torch.Tensor] = []  # the logits after each token, one-token steps
-        while len(tokens) < MAX_TOKENS and int(logits.argmax()) != model.tokenizer.eot:
-            tokens.append(int(logits.argmax()))
-            logits = decoder(torch.tensor([tokens[-1:]], device=model.device), cache)[0, -1]
+        while len(tokens) < MAX_TOKENS:
+            token = int(logits.argmax())
+            if token == model.tokenizer.eot:
+                break
+            tokens.append(token)
+            logits = decoder(torch.tensor([[token]], device=model.device), cache)[0, -1]
             steps.append(logits)
         if not tokens:
             continue
