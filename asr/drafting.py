@@ -8,7 +8,8 @@ proposal, crops it back to the longest prefix it shares with what the target com
 - `none`: proposes nothing; the loop is then plain greedy decoding with the target alone.
 - `self`: a cheap copy of the target's own decoder (int8 linears and head on a CPU, see self_draft_dtype)
   that reads the target's encoder output and cross-attention keys/values: nothing more to load, no second
-  encoder pass.
+  encoder pass. On a CPU, greedy, its step is one native call (native_draft.py) where a C compiler is
+  available, else PyTorch modules.
 - a model name: a smaller Whisper with the same tokenizer. If its encoder is a copy of the target's (as
   distil-whisper's is), only its decoder runs, on the target's encoder output.
 """
@@ -29,6 +30,8 @@ from .kv_cache import KVCache
 from .logit_filters import LogitFilter, apply_filters
 from .model import DECODER_ROWS, Linear, TextDecoder
 from .models import LoadedModel, load_model
+from .native_draft import NativeDraft, NativeWindow, quantise_int8
+from .native_draft import library as native_library
 
 logger = logging.getLogger("asr")
 
@@ -80,6 +83,7 @@ class DecoderDrafter(Drafter):
         encoder: nn.Module | None = None,
         share_cross: bool = False,
         cross_dtype: torch.dtype | None = None,
+        native: NativeDraft | None = None,
     ) -> None:
         self.name = name
         self.decoder = decoder
@@ -88,6 +92,9 @@ class DecoderDrafter(Drafter):
         # values the target computed for the window instead of projecting the audio again.
         self.share_cross = share_cross
         self.cross_dtype = cross_dtype  # a cheaper copy of the shared keys/values, once per window
+        # The step as one native call (one row: greedy); then `decoder` only gives the cache's shape.
+        self.native = native
+        self.native_window: NativeWindow | None = None
         self.eot = eot
         self.cache: KVCache | None = None
         self.fed: list[list[int]] = []  # per cache row: the tokens whose keys/values it holds
@@ -109,7 +116,8 @@ class DecoderDrafter(Drafter):
             # conditioned window's prompt is up to 224 tokens, costly in fp16 on a CPU).
             target = window.target_cache
             cross_k, cross_v = target.cross_k, target.cross_v
-            if self.cross_dtype is not None:
+            native = self.native if window.n_rows == 1 else None
+            if self.cross_dtype is not None and native is None:
                 cross_k = [k.to(self.cross_dtype) for k in cross_k]
                 cross_v = [v.to(self.cross_dtype) for v in cross_v]
             cache = self.decoder.cache_with_cross(cross_k, cross_v, n_batch=window.n_rows)
@@ -118,6 +126,7 @@ class DecoderDrafter(Drafter):
             cache.self_v[:, :, :, :n] = target.self_v[:, :1, :, :n]
             cache.length = n
             self.cache = cache
+            self.native_window = native.window(cache, cross_k, cross_v) if native else None
             self.fed = [list(window.tokens[:n]) for _ in range(window.n_rows)]
             return
         features = window.audio_features
@@ -149,8 +158,12 @@ class DecoderDrafter(Drafter):
     def _logits(self, pending: list[list[int]]) -> Tensor:
         """The next-token logits of each row after feeding it `pending`: shape = (n_rows, n_vocab)."""
         assert self.cache is not None
-        device = self.decoder.positional_embedding.device
-        logits = self.decoder(torch.tensor(pending, device=device), self.cache)[:, -1]
+        if self.native_window is not None:
+            (tokens,) = pending
+            logits = self.native_window.feed(tokens)
+        else:
+            device = self.decoder.positional_embedding.device
+            logits = self.decoder(torch.tensor(pending, device=device), self.cache)[:, -1]
         self._n_passes += 1
         for row, tokens in zip(self.fed, pending, strict=True):
             row.extend(tokens)
@@ -244,9 +257,7 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
-        weight = weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127
-        self.weight = (weight / scale[:, None]).round().to(torch.int8)
+        self.weight, scale = quantise_int8(weight)
         self.scale = scale.to(torch.bfloat16)
         self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
 
@@ -338,6 +349,7 @@ def _same_encoder(draft: LoadedModel, target: LoadedModel) -> bool:
 # Keyed by the target's modules, weakly: a model freed and another built at its address never share a draft.
 _SELF_DECODERS: weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, TextDecoder]]
 _SELF_DECODERS = weakref.WeakKeyDictionary()
+_NATIVE_DRAFTS: weakref.WeakKeyDictionary[nn.Module, NativeDraft] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -368,6 +380,11 @@ def make_drafter(spec: str, target: LoadedModel, beam_search: bool = False) -> D
     if spec == "self":
         dtype = self_draft_dtype(target.device, beam_search)
         with _LOCK:
+            if dtype == torch.int8 and (lib := native_library()) is not None:
+                if target.model not in _NATIVE_DRAFTS:
+                    _NATIVE_DRAFTS[target.model] = NativeDraft(target.model.decoder, lib)
+                native = _NATIVE_DRAFTS[target.model]
+                return DecoderDrafter("self", target.model.decoder, eot, share_cross=True, native=native)
             decoders = _SELF_DECODERS.setdefault(target.model, {})
             if dtype not in decoders:
                 decoders[dtype] = self_draft_decoder(target, dtype)

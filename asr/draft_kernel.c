@@ -1,0 +1,292 @@
+/* One greedy step of the self draft (a cheap copy of the target's Whisper decoder) as a single call.
+
+   Why: the draft's step in PyTorch is ~300 small operations, each dispatched from Python; on 2 CPU cores
+   they cost 6.5-7.7 ms for base although the step reads only ~67 MB (49 MB of int8 weights, 18 MB of bf16
+   cross-attention keys/values), ~2.4 ms at this machine's memory speed. Here the whole step is one OpenMP
+   region: int8 matrix-vector products over rows split between threads, attention split by head.
+
+   The draft only proposes: the target checks every token, so nothing here has to match the target's
+   arithmetic. It rounds differently (fp32 activations, a polynomial exp, GELU's tanh form); what counts is
+   that it agrees with the target as often as the PyTorch draft does (tests/test_native_draft.py).
+
+   Built at first use by asr/native_draft.py with the machine's C compiler (-O3 -march=native -fopenmp) and
+   loaded into the Python process after torch, so its OpenMP regions run on torch's own thread pool (the
+   same libgomp.so.1), not on a second pool competing for the same cores. */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* Pointers per decoder layer, in this order (asr/native_draft.py builds the table). */
+enum {
+    /* a linear layer is four pointers: packed int8 weights, each row's sum of weights (int32), scales and
+       biases (float32) */
+    ATTN_LN_W, ATTN_LN_B, QKV, OUT = QKV + 4,
+    CROSS_LN_W = OUT + 4, CROSS_LN_B, CQ, COUT = CQ + 4,
+    MLP_LN_W = COUT + 4, MLP_LN_B, FC1, FC2 = FC1 + 4,
+    CROSS_KT = FC2 + 4, /* bf16, shape = (n_head, d_head, n_audio_ctx): transposed, so scores need no reductions */
+    CROSS_V,  /* bf16, shape = (n_head, n_audio_ctx, d_head) */
+    SELF_K,   /* fp32, shape = (n_head, n_ctx, d_head): this layer's rows of the draft's KV cache */
+    SELF_V,
+    N_LAYER_PTRS
+};
+
+/* Pointers shared by the layers. */
+enum { TOKEN_EMB, POS_EMB, LN_W, LN_B, HEAD, N_GLOBAL_PTRS = HEAD + 3 /* the head has no biases */ };
+
+/* Integers describing the model. */
+enum { N_LAYER, D_MODEL, N_HEAD, D_FF, N_VOCAB, N_AUDIO_CTX, N_CTX, N_DIMS };
+
+int asr_draft_abi(void) { return (N_LAYER_PTRS << 16) | (N_GLOBAL_PTRS << 8) | N_DIMS; }
+
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+
+/* exp(x) for x <= 0 (softmax after subtracting the maximum), relative error ~2e-7; vectorises. */
+static inline float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float y = x * 1.4426950408889634f;
+    float n = floorf(y + 0.5f);
+    float f = y - n;
+    float p = 1.5353362e-4f;
+    p = p * f + 1.3398874e-3f;
+    p = p * f + 9.6184373e-3f;
+    p = p * f + 5.5503325e-2f;
+    p = p * f + 2.4022648e-1f;
+    p = p * f + 6.9314720e-1f;
+    p = p * f + 1.0f;
+    union { int32_t i; float f; } s;
+    s.i = ((int32_t)n + 127) << 23;
+    return p * s.f;
+}
+
+/* GELU's tanh form: tanh(z) = 1 - 2 / (1 + exp(2z)), with exp(2z) taken as 1 / exp(-2|z|). */
+static inline float gelu(float x) {
+    float z = 0.7978845608f * (x + 0.044715f * x * x * x);
+    float e = exp_neg(-2.0f * fabsf(z));
+    float t = (1.0f - e) / (1.0f + e);
+    t = z < 0.0f ? -t : t;
+    return 0.5f * x * (1.0f + t);
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, float *y, int d) {
+    float mean = 0.0f, var = 0.0f;
+    for (int i = 0; i < d; i++) mean += x[i];
+    mean /= (float)d;
+    for (int i = 0; i < d; i++) var += (x[i] - mean) * (x[i] - mean);
+    float inv = 1.0f / sqrtf(var / (float)d + 1e-5f);
+    for (int i = 0; i < d; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+enum { STORE, ADD, GELU };
+
+static inline float epilogue(float acc, const float *s, const float *b, int o) {
+    return acc * s[o] + (b ? b[o] : 0.0f);
+}
+
+static inline void put(float *y, int o, float v, int mode) {
+    if (mode == ADD) y[o] += v;
+    else if (mode == GELU) y[o] = gelu(v);
+    else y[o] = v;
+}
+
+/* An int8 matrix of shape (n_out, n_in) is laid out in groups of 16 rows (asr/native_draft.py packs it):
+   group g, inputs 4i..4i+3 of its 16 rows are the 64 bytes at W + (g * n_in4 + i) * 64, where n_in4 is
+   n_in / 4 rounded up to a multiple of 4 (zero-padded), rows past n_out are zeros. One 64-byte load then
+   feeds 16 outputs at once: no horizontal sums, and the weights stream in order. */
+#define GROUP 16
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* x quantised to 16 bits against its largest magnitude, split into bytes for VNNI's u8 x s8 products:
+   round(x / step) = 256 * (hi - 128) + lo, with hi, lo in [0, 255]; padding inputs are 0. Each thread
+   quantises for itself (no barrier; it is n_in values). */
+static float quantise(const float *x, int n, int n_padded, uint8_t *hi, uint8_t *lo) {
+    float m = 0.0f;
+    for (int i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    float step = m > 0.0f ? m / 32767.0f : 1.0f, inv = 1.0f / step;
+    for (int i = 0; i < n_padded; i++) {
+        int v = (i < n ? (int)lrintf(x[i] * inv) : 0) + 32768; /* [1, 65535] */
+        hi[i] = (uint8_t)(v >> 8);
+        lo[i] = (uint8_t)(v & 255);
+    }
+    return step;
+}
+
+/* sums[0..16) = the 16 rows of group `wg` . x: per 64 weight bytes, one load and two VNNI products (high
+   and low bytes of x); `row_sums` (each row's sum of weights) undoes the +32768 offset. */
+static inline void dot16(const int8_t *wg, const int32_t *row_sums, const uint8_t *hi, const uint8_t *lo,
+                         int n_in4, float step, float *sums) {
+    __m512i h[4], l[4];
+    for (int u = 0; u < 4; u++) h[u] = l[u] = _mm512_setzero_si512();
+    const int32_t *h4 = (const int32_t *)hi, *l4 = (const int32_t *)lo;
+    for (int i = 0; i < n_in4; i += 4) {
+        for (int u = 0; u < 4; u++) {
+            __m512i wv = _mm512_loadu_si512(wg + (size_t)(i + u) * 64);
+            h[u] = _mm512_dpbusd_epi32(h[u], _mm512_set1_epi32(h4[i + u]), wv);
+            l[u] = _mm512_dpbusd_epi32(l[u], _mm512_set1_epi32(l4[i + u]), wv);
+        }
+    }
+    __m512 hs = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(h[0], h[1]), _mm512_add_epi32(h[2], h[3])));
+    __m512 ls = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(l[0], l[1]), _mm512_add_epi32(l[2], l[3])));
+    __m512 rs = _mm512_cvtepi32_ps(_mm512_loadu_si512(row_sums));
+    /* sum of w * (256 * (hi - 128) + lo) = 256 * (w . hi) + w . lo - 32768 * sum of w */
+    __m512 v = _mm512_fmadd_ps(hs, _mm512_set1_ps(256.0f), _mm512_fmadd_ps(rs, _mm512_set1_ps(-32768.0f), ls));
+    _mm512_storeu_ps(sums, _mm512_mul_ps(v, _mm512_set1_ps(step)));
+}
+#define HAVE_VNNI 1
+#else
+/* The portable path: the same layout, float products. */
+static inline void dot16_float(const int8_t *wg, const float *x, int n_in, float *sums) {
+    float acc[GROUP] = {0};
+    for (int i = 0; i < n_in; i++) {
+        const int8_t *w = wg + (size_t)(i / 4) * 64 + i % 4;
+        float xi = x[i];
+#pragma omp simd
+        for (int r = 0; r < GROUP; r++) acc[r] += (float)w[4 * r] * xi;
+    }
+    for (int r = 0; r < GROUP; r++) sums[r] = acc[r];
+}
+#endif
+
+/* y[o] (=, +=, = gelu) s[o] * (W[o] . x) + b[o] for o < n_out, W packed as above. Called inside a parallel
+   region: the groups of rows are split between its threads. */
+static void gemv(const int8_t *W, const int32_t *row_sums, const float *s, const float *b, const float *x,
+                 float *y, int n_out, int n_in, int mode) {
+    int n_groups = (n_out + GROUP - 1) / GROUP, n_in4 = ((n_in + 3) / 4 + 3) / 4 * 4;
+#ifdef HAVE_VNNI
+    uint8_t hi[4 * n_in4], lo[4 * n_in4];
+    float step = quantise(x, n_in, 4 * n_in4, hi, lo);
+#else
+    (void)row_sums;
+#endif
+#pragma omp for schedule(static)
+    for (int g = 0; g < n_groups; g++) {
+        const int8_t *wg = W + (size_t)g * n_in4 * 64;
+        float sums[GROUP];
+#ifdef HAVE_VNNI
+        dot16(wg, row_sums + g * GROUP, hi, lo, n_in4, step, sums);
+#else
+        dot16_float(wg, x, n_in, sums);
+#endif
+        int o = g * GROUP, n_rows = n_out - o < GROUP ? n_out - o : GROUP;
+        for (int r = 0; r < n_rows; r++) put(y, o + r, epilogue(sums[r], s, b, o + r), mode);
+    }
+}
+
+/* Softmax of scores[0..n) in place; returns nothing, the weights sum to 1. */
+static void softmax(float *scores, int n) {
+    float m = -INFINITY;
+    for (int t = 0; t < n; t++) m = scores[t] > m ? scores[t] : m;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int t = 0; t < n; t++) {
+        float e = exp_neg(scores[t] - m);
+        scores[t] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int t = 0; t < n; t++) scores[t] *= inv;
+}
+
+/* Feed `token` at position `pos` (the draft's cache holds positions < pos): its keys/values go into the
+   cache, and if `logits` is not NULL the next-token logits (n_vocab floats) are written there.
+   work: at least 6 * d_model + d_ff + n_head * max(n_audio_ctx, n_ctx) floats. */
+void asr_draft_step(const void *const *layers, const void *const *globals, const int *dims, int token,
+                    int pos, float *logits, float *work, int n_threads) {
+    const int n_layer = dims[N_LAYER], d = dims[D_MODEL], n_head = dims[N_HEAD], d_ff = dims[D_FF];
+    const int n_vocab = dims[N_VOCAB], n_audio = dims[N_AUDIO_CTX], n_ctx = dims[N_CTX];
+    const int dh = d / n_head;
+    const int span = n_audio > n_ctx ? n_audio : n_ctx;
+    const float scale = 1.0f / sqrtf((float)dh);
+    float *x = work, *h = x + d, *qkv = h + d, *att = qkv + 3 * d, *f = att + d, *scores = f + d_ff;
+
+    const float *tok = (const float *)globals[TOKEN_EMB] + (size_t)token * d;
+    const float *pe = (const float *)globals[POS_EMB] + (size_t)pos * d;
+    for (int i = 0; i < d; i++) x[i] = tok[i] + pe[i];
+
+#pragma omp parallel num_threads(n_threads)
+    {
+        for (int l = 0; l < n_layer; l++) {
+            const void *const *p = layers + (size_t)l * N_LAYER_PTRS;
+#define F32(i) ((const float *)p[i])
+#define LINEAR(i) (const int8_t *)p[i], (const int32_t *)p[i + 1], F32(i + 2), F32(i + 3)
+            /* self-attention over the cached positions and this one */
+#pragma omp single
+            layer_norm(x, F32(ATTN_LN_W), F32(ATTN_LN_B), h, d);
+            gemv(LINEAR(QKV), h, qkv, 3 * d, d, STORE);
+            float *self_k = (float *)p[SELF_K], *self_v = (float *)p[SELF_V];
+#pragma omp for schedule(static)
+            for (int hd = 0; hd < n_head; hd++) {
+                float *K = self_k + (size_t)hd * n_ctx * dh, *V = self_v + (size_t)hd * n_ctx * dh;
+                const float *q = qkv + hd * dh;
+                memcpy(K + (size_t)pos * dh, qkv + d + hd * dh, dh * sizeof(float));
+                memcpy(V + (size_t)pos * dh, qkv + 2 * d + hd * dh, dh * sizeof(float));
+                float *sc = scores + (size_t)hd * span;
+                for (int t = 0; t <= pos; t++) {
+                    float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+                    for (int j = 0; j < dh; j++) a += q[j] * K[(size_t)t * dh + j];
+                    sc[t] = a * scale;
+                }
+                softmax(sc, pos + 1);
+                float *o = att + hd * dh;
+                for (int j = 0; j < dh; j++) o[j] = 0.0f;
+                for (int t = 0; t <= pos; t++) {
+                    float w = sc[t];
+#pragma omp simd
+                    for (int j = 0; j < dh; j++) o[j] += w * V[(size_t)t * dh + j];
+                }
+            }
+            gemv(LINEAR(OUT), att, x, d, d, ADD);
+
+            /* cross-attention over the window's audio */
+#pragma omp single
+            layer_norm(x, F32(CROSS_LN_W), F32(CROSS_LN_B), h, d);
+            gemv(LINEAR(CQ), h, qkv, d, d, STORE);
+            const uint16_t *kt = (const uint16_t *)p[CROSS_KT], *cv = (const uint16_t *)p[CROSS_V];
+#pragma omp for schedule(static)
+            for (int hd = 0; hd < n_head; hd++) {
+                const float *q = qkv + hd * dh;
+                float *sc = scores + (size_t)hd * span;
+                for (int t = 0; t < n_audio; t++) sc[t] = 0.0f;
+                for (int j = 0; j < dh; j++) {
+                    const uint16_t *row = kt + ((size_t)hd * dh + j) * n_audio;
+                    float qj = q[j] * scale;
+#pragma omp simd
+                    for (int t = 0; t < n_audio; t++) sc[t] += qj * bf16_to_f32(row[t]);
+                }
+                softmax(sc, n_audio);
+                float *o = att + hd * dh;
+                for (int j = 0; j < dh; j++) o[j] = 0.0f;
+                const uint16_t *V = cv + (size_t)hd * n_audio * dh;
+                for (int t = 0; t < n_audio; t++) {
+                    float w = sc[t];
+#pragma omp simd
+                    for (int j = 0; j < dh; j++) o[j] += w * bf16_to_f32(V[(size_t)t * dh + j]);
+                }
+            }
+            gemv(LINEAR(COUT), att, x, d, d, ADD);
+
+            /* MLP */
+#pragma omp single
+            layer_norm(x, F32(MLP_LN_W), F32(MLP_LN_B), h, d);
+            gemv(LINEAR(FC1), h, f, d_ff, d, GELU);
+            gemv(LINEAR(FC2), f, x, d, d_ff, ADD);
+#undef F32
+#undef LINEAR
+        }
+        if (logits) {
+#pragma omp single
+            layer_norm(x, (const float *)globals[LN_W], (const float *)globals[LN_B], h, d);
+            gemv((const int8_t *)globals[HEAD], (const int32_t *)globals[HEAD + 1],
+                 (const float *)globals[HEAD + 2], NULL, h, logits, n_vocab, d, STORE);
+        }
+    }
+}
