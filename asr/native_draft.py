@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -53,57 +54,47 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def _compile(compiler: str, output: Path) -> None:
+def _compile(compiler: str, flags: Sequence[str], output: Path) -> None:
     """Compile SOURCE into `output`, atomically (a temp file beside it, then a rename)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        subprocess.run(
-            [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        command = [compiler, *flags, "-o", tmp, str(SOURCE), "-lm"]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
         os.replace(tmp, output)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _build() -> ctypes.CDLL:
+def build(flags: Sequence[str] = FLAGS, directory: Path | None = None) -> ctypes.CDLL:
+    """The kernel compiled with `flags` and loaded: from `directory` (default: the cache's native/) if
+    built there before by the same compiler for the same CPU, else compiled now (~1 s)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise OSError("no C compiler (set CC, or install gcc)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_signature()]).encode()
+        "\0".join([SOURCE.read_text(), " ".join(flags), version, _cpu_signature()]).encode()
     ).hexdigest()[:16]
     name = f"draft_kernel-{key}.so"
-    path = cache_dir() / "native" / name
+    path = (directory or cache_dir() / "native") / name
     if not path.is_file():
         try:
-            _compile(compiler, path)
+            _compile(compiler, flags, path)
         except PermissionError:  # a read-only cache: build for this process only
             path = Path(tempfile.mkdtemp(prefix="asr-native-")) / name
-            _compile(compiler, path)
+            _compile(compiler, flags, path)
         logger.info("built the native draft step: %s", path)
-    library = ctypes.CDLL(str(path))
+    lib = ctypes.CDLL(str(path))
     abi = (N_LAYER_PTRS << 16) | (N_GLOBAL_PTRS << 8) | N_DIMS
-    if library.asr_draft_abi() != abi:
+    if lib.asr_draft_abi() != abi:
         raise OSError(f"{path} does not match this version of asr")
-    library.asr_draft_step.restype = None
-    library.asr_draft_step.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int,
-    ]
-    return library
+    lib.asr_draft_step.restype = None
+    lib.asr_draft_step.argtypes = (
+        [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
+    )
+    return lib
 
 
 def library() -> ctypes.CDLL | None:
@@ -116,7 +107,7 @@ def library() -> ctypes.CDLL | None:
                 logger.info("native draft step disabled (ASR_NATIVE_DRAFT=0)")
             else:
                 try:
-                    _LIBRARY = _build()
+                    _LIBRARY = build()
                 except (OSError, subprocess.SubprocessError) as exc:
                     detail = getattr(exc, "stderr", None) or str(exc)
                     logger.warning(

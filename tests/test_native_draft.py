@@ -1,0 +1,166 @@
+"""The native draft step (asr/draft_kernel.c): built here, close to the target's own logits, on both of its
+code paths (VNNI and portable), and never able to change a transcript."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asr import native_draft
+from asr.decoding import DecodingOptions, DecodingTask
+from asr.drafting import DecoderDrafter, make_drafter
+from asr.speculative import DraftLength
+from tests.util import random_dims, random_model
+
+HAVE_COMPILER = bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
+needs_compiler = pytest.mark.skipif(not HAVE_COMPILER, reason="no C compiler on this machine")
+# no AVX-512: the kernel's portable loops
+PORTABLE_FLAGS = ("-O2", "-fopenmp", "-shared", "-fPIC")
+
+
+def _features(m, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, m.dims.n_audio_ctx, m.dims.n_audio_state, generator=g)
+
+
+def _teacher_forced(m, lib, tokens, features):
+    """The target's exact logits and the native draft's, position by position over `tokens`."""
+    decoder = m.model.decoder
+    draft = native_draft.NativeDraft(decoder, lib)
+    with torch.inference_mode():
+        exact = decoder(torch.tensor([tokens]), decoder.new_cache(features, 1))[0]
+        cache = decoder.new_cache(features, 1)
+        window = draft.window(cache, cache.cross_k, cache.cross_v)
+        native = torch.stack([window.feed([token])[0].clone() for token in tokens])
+    return exact, native
+
+
+def test_pack_int8_layout():
+    weight = torch.randint(-127, 128, (37, 40), dtype=torch.int8)
+    packed, sums = native_draft.pack_int8(weight)
+    n_groups, n_blocks = packed.shape[:2]
+    assert packed.shape == (3, 12, 16, 4)  # 37 rows -> 3 groups; 40 inputs -> 10 blocks of 4 -> 12
+    for o in range(37):
+        for i in range(40):
+            assert packed[o // 16, i // 4, o % 16, i % 4] == weight[o, i]
+    assert packed[2, :, 5:].abs().sum() == 0 and packed[:, 10:].abs().sum() == 0  # zero padding
+    assert sums[:37].tolist() == weight.sum(1).tolist() and sums[37:].abs().sum() == 0
+
+
+@needs_compiler
+def test_the_kernel_builds_here():
+    """CI has a C compiler: a silent fall back to PyTorch would lose the draft's speed unnoticed."""
+    assert native_draft.library() is not None
+
+
+@needs_compiler
+@pytest.mark.parametrize("flags", [native_draft.FLAGS, PORTABLE_FLAGS], ids=["native", "portable"])
+@pytest.mark.parametrize("n_state, n_head", [(32, 2), (40, 2)])  # 40: inputs that need padding
+def test_native_logits_follow_the_target(tmp_path, flags, n_state, n_head):
+    m = random_model(seed=5, dims=random_dims(n_state=n_state, n_head=n_head), scale=4.0)
+    lib = native_draft.build(flags, tmp_path)
+    tokens = [m.tokenizer.sot, *range(100, 140)]
+    exact, native = _teacher_forced(m, lib, tokens, _features(m, 3))
+    # int8 weights and a 16-bit activation grid: ~1% of the logits' spread, never more than a few
+    spread = exact.std()
+    assert (native - exact).abs().max() < 0.05 * spread, ((native - exact).abs().max(), spread)
+    agree = (native.argmax(-1) == exact.argmax(-1)).float().mean()
+    assert agree >= 0.9, agree
+
+
+@needs_compiler
+def test_portable_and_native_builds_agree(tmp_path):
+    m = random_model(seed=6, scale=4.0)
+    tokens = [m.tokenizer.sot, *range(300, 320)]
+    features = _features(m, 4)
+    _, fast = _teacher_forced(m, native_draft.build(native_draft.FLAGS, tmp_path), tokens, features)
+    _, portable = _teacher_forced(m, native_draft.build(PORTABLE_FLAGS, tmp_path), tokens, features)
+    assert (fast - portable).abs().max() < 0.02 * portable.std()
+
+
+@needs_compiler
+def test_feeding_several_tokens_equals_one_at_a_time():
+    m = random_model(seed=7)
+    lib = native_draft.library()
+    draft = native_draft.NativeDraft(m.model.decoder, lib)
+    features = _features(m)
+    decoder = m.model.decoder
+    with torch.inference_mode():
+        a, b = decoder.new_cache(features, 1), decoder.new_cache(features, 1)
+        wa, wb = draft.window(a, a.cross_k, a.cross_v), draft.window(b, b.cross_k, b.cross_v)
+        together = wa.feed([50257, 400, 401, 402]).clone()
+        for token in [50257, 400, 401]:
+            wb.feed([token])
+        apart = wb.feed([402])
+    assert a.length == b.length == 4
+    assert torch.equal(together, apart)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        wa.feed([m.dims.n_vocab])
+
+
+@needs_compiler
+def test_make_drafter_uses_the_native_step_for_greedy_only():
+    m = random_model(seed=8)
+    greedy = make_drafter("self", m)
+    assert isinstance(greedy, DecoderDrafter) and greedy.native is not None
+    assert make_drafter("self", m).native is greedy.native  # built once per target
+    beams = make_drafter("self", m, beam_search=True)
+    assert isinstance(beams, DecoderDrafter) and beams.native is None
+
+
+@needs_compiler
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n_head=st.sampled_from([1, 2, 4]),
+    scale=st.sampled_from([1.0, 4.0, 16.0]),
+    timestamps=st.booleans(),
+    k=st.one_of(st.none(), st.integers(1, 8)),
+)
+def test_native_self_draft_is_lossless(seed, n_head, scale, timestamps, k):
+    """Whatever the kernel proposes, the transcript is the plain target's, token for token."""
+    m = random_model(seed=seed, dims=random_dims(n_state=32, n_head=n_head), scale=scale)
+    features = _features(m, seed)
+    options = DecodingOptions(timestamps=timestamps, sample_len=20)
+    plain = DecodingTask(m, options, "en", None).run(features, None, make_drafter("none", m), DraftLength(k))
+    drafter = make_drafter("self", m)
+    assert isinstance(drafter, DecoderDrafter) and drafter.native is not None
+    spec = DecodingTask(m, options, "en", None).run(features, None, drafter, DraftLength(k))
+    assert spec.tokens == plain.tokens
+    assert spec.loop.n_proposed == 0 or spec.loop.n_accepted > 0 or len(plain.tokens) < 3
+
+
+def _in_a_new_process(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+
+
+_PROBE = (
+    "import logging; logging.basicConfig(level=logging.INFO)\n"
+    "from asr.drafting import make_drafter\nfrom tests.util import random_model\n"
+    "m = random_model(seed=1)\nd = make_drafter('self', m)\n"
+    "print('native' if d.native else 'pytorch', d.propose([m.tokenizer.sot], 3) is not None)\n"
+)
+
+
+def test_disabled_native_step_falls_back_to_pytorch():
+    done = _in_a_new_process(_PROBE, ASR_NATIVE_DRAFT="0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pytorch", "True"]
+    assert "ASR_NATIVE_DRAFT=0" in done.stderr
+
+
+def test_no_compiler_falls_back_to_pytorch_with_one_line(tmp_path):
+    done = _in_a_new_process(_PROBE, CC=str(tmp_path / "no-such-cc"), ASR_CACHE_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pytorch", "True"]
+    lines = [line for line in done.stderr.splitlines() if "native draft step unavailable" in line]
+    assert len(lines) == 1 and "Traceback" not in done.stderr
