@@ -45,7 +45,6 @@ def _teacher_forced(m, lib, tokens, features):
 def test_pack_int8_layout():
     weight = torch.randint(-127, 128, (37, 40), dtype=torch.int8)
     packed, sums = native_draft.pack_int8(weight)
-    n_groups, n_blocks = packed.shape[:2]
     assert packed.shape == (3, 12, 16, 4)  # 37 rows -> 3 groups; 40 inputs -> 10 blocks of 4 -> 12
     for o in range(37):
         for i in range(40):
