@@ -32,6 +32,7 @@ from .model import DECODER_ROWS, Linear, TextDecoder
 from .models import LoadedModel, load_model
 from .native_draft import NativeDraft, NativeWindow, quantise_int8
 from .native_draft import library as native_library
+from .verify import argmax_rows
 
 logger = logging.getLogger("asr")
 
@@ -92,7 +93,8 @@ class DecoderDrafter(Drafter):
         # values the target computed for the window instead of projecting the audio again.
         self.share_cross = share_cross
         self.cross_dtype = cross_dtype  # a cheaper copy of the shared keys/values, once per window
-        # The step as one native call (one row: greedy); then `decoder` only gives the cache's shape.
+        # The step as one native call for one row (greedy); `decoder` (the target's) then gives the
+        # cache's shape.
         self.native = native
         self.native_window: NativeWindow | None = None
         self.eot = eot
@@ -177,7 +179,7 @@ class DecoderDrafter(Drafter):
         for _ in range(k):
             logits = self._logits(pending)
             apply_filters(self.filters, logits, [tokens + proposal])
-            token = int(logits.argmax())
+            (token,) = argmax_rows(logits)
             proposal.append(token)
             if token == self.eot:
                 break

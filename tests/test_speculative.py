@@ -14,7 +14,7 @@ from asr.logit_filters import NEG_INF, LogitFilter
 from asr.models import load_model
 from asr.speculative import DraftLength
 from asr.transcribe import TranscribeOptions, transcribe
-from asr.verify import GreedyVerifier
+from asr.verify import GreedyVerifier, argmax_rows
 from tests.util import perturbed_decoder, random_dims, random_model
 
 
@@ -232,3 +232,15 @@ def test_make_drafter_names(target):
     assert make_drafter("none", target).propose([1, 2], 4) == []
     with pytest.raises(InvalidOptionError):
         make_drafter("", target)
+
+
+def test_argmax_rows_is_torch_argmax():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 51865, generator=g)
+    logits[1, :40000] = NEG_INF
+    logits[2, 100] = logits[2, 200] = logits[2].max() + 1  # a tie: the first one wins, as in torch
+    logits[3] = NEG_INF
+    logits[3, 51864] = 0.0
+    assert argmax_rows(logits) == logits.argmax(dim=-1).tolist()
+    assert argmax_rows(logits)[2] == 100
+    assert argmax_rows(logits[:, ::2]) == logits[:, ::2].argmax(dim=-1).tolist()  # strided rows
