@@ -83,7 +83,7 @@ def build(flags: Sequence[str] = FLAGS, directory: Path | None = None) -> ctypes
     if not path.is_file():
         try:
             _compile(compiler, flags, path)
-        except PermissionError:  # a read-only cache: build for this process only
+        except OSError:  # an unwritable cache (permissions, read-only, full): build for this process only
             path = Path(tempfile.mkdtemp(prefix="asr-native-")) / name
             _compile(compiler, flags, path)
         logger.info("built the native draft step: %s", path)
