@@ -174,3 +174,12 @@ def test_no_compiler_falls_back_to_pytorch_with_one_line(tmp_path):
     assert done.stdout.split() == ["pytorch", "True"]
     lines = [line for line in done.stderr.splitlines() if "native draft step unavailable" in line]
     assert len(lines) == 1 and "Traceback" not in done.stderr
+
+
+@needs_compiler
+def test_an_unwritable_cache_builds_for_this_process_only(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    lib = native_draft.build(native_draft.FLAGS, blocker / "native")
+    assert lib.asr_draft_abi() == (native_draft.N_LAYER_PTRS << 16) | (native_draft.N_GLOBAL_PTRS << 8) | 7
+    assert not str(lib._name).startswith(str(blocker))
