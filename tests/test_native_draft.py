@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -183,3 +184,20 @@ def test_an_unwritable_cache_builds_for_this_process_only(tmp_path):
     lib = native_draft.build(native_draft.FLAGS, blocker / "native")
     assert lib.asr_draft_abi() == (native_draft.N_LAYER_PTRS << 16) | (native_draft.N_GLOBAL_PTRS << 8) | 7
     assert not str(lib._name).startswith(str(blocker))
+
+
+@needs_compiler
+def test_concurrent_native_drafts_keep_to_their_own_windows():
+    """The app serves several users at once: drafters sharing one NativeDraft must not mix their states."""
+    m = random_model(seed=9, scale=4.0)
+    options = DecodingOptions(sample_len=16)
+
+    def decode(seed, draft="self"):
+        task = DecodingTask(m, options, "en", None)
+        return task.run(_features(m, seed), None, make_drafter(draft, m), DraftLength(None)).tokens
+
+    plain = [decode(seed, "none") for seed in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(decode, range(4)))
+    assert together == plain
+    assert len({tuple(tokens) for tokens in plain}) > 1  # different inputs, different outputs
