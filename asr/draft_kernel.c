@@ -155,6 +155,17 @@ static inline void dot16_float(const int8_t *wg, const float *x, int n_in, float
 }
 #endif
 
+/* Whether this build has the VNNI products. Without them the portable loops run 5-7x slower than VNNI
+   (base's step: 14.5 ms with AVX2, 18.9 ms with SSE2, against 2.1-2.8 ms), slower than the PyTorch draft:
+   asr/native_draft.py then keeps the PyTorch draft unless told otherwise. */
+int asr_draft_vnni(void) {
+#ifdef HAVE_VNNI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* y[o] (=, +=, = gelu) s[o] * (W[o] . x) + b[o] for o < n_out, W packed as above. Called inside a parallel
    region: the groups of rows are split between its threads. */
 static void gemv(const int8_t *W, const int32_t *row_sums, const float *s, const float *b, const float *x,

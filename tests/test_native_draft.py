@@ -162,6 +162,17 @@ print("native" if d.native else "pytorch", spec.tokens == run(make_drafter("none
 """
 
 
+@needs_compiler
+@pytest.mark.parametrize("setting, used", [("", "pytorch"), ("1", "native")])
+def test_without_vnni_pytorch_drafts_unless_forced(tmp_path, setting, used):
+    """The portable loops are slower than the PyTorch draft: by default a CPU without VNNI keeps PyTorch."""
+    probe = f"from asr import native_draft\nnative_draft.FLAGS = {PORTABLE_FLAGS!r}\n{_PROBE}"
+    done = _in_a_new_process(probe, ASR_NATIVE_DRAFT=setting, ASR_CACHE_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [used, "True"]
+    assert ("no AVX-512 VNNI" in done.stderr) == (setting == "")
+
+
 def test_disabled_native_step_falls_back_to_pytorch():
     done = _in_a_new_process(_PROBE, ASR_NATIVE_DRAFT="0")
     assert done.returncode == 0, done.stderr
