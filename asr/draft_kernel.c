@@ -3,8 +3,8 @@
    Why: the draft's step in PyTorch is ~300 small operations, each dispatched from Python; on 2 CPU cores
    they cost 6.5-7.7 ms for base although the step reads only ~67 MB (49 MB of int8 weights, 18 MB of bf16
    cross-attention keys/values), ~2.2 ms at this machine's ~30 GB/s. Here the whole step is one OpenMP
-   region, 2.1-2.7 ms: int8 matrix-vector products over groups of rows split between threads (VNNI where
-   the CPU has it, see gemv), attention split by head.
+   region, 2.1-2.7 ms: int8 matrix-vector products over groups of rows split between threads (AVX2 integer
+   products where the CPU has them, see gemv), attention split by head.
 
    The draft only proposes: the target checks every token, so nothing here has to match the target's
    arithmetic. It rounds differently (fp32 activations, a polynomial exp, GELU's tanh form); what counts is
@@ -17,18 +17,17 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512VNNI__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 /* Pointers per decoder layer, in this order (asr/native_draft.py builds the table). */
 enum {
-    /* a linear layer is four pointers: packed int8 weights, each row's sum of weights (int32), scales and
-       biases (float32) */
-    ATTN_LN_W, ATTN_LN_B, QKV, OUT = QKV + 4,
-    CROSS_LN_W = OUT + 4, CROSS_LN_B, CQ, COUT = CQ + 4,
-    MLP_LN_W = COUT + 4, MLP_LN_B, FC1, FC2 = FC1 + 4,
-    CROSS_KT = FC2 + 4, /* bf16, shape = (n_head, d_head, n_audio_ctx): transposed, so scores need no reductions */
+    /* a linear layer is three pointers: packed int8 weights, then float32 scales and biases */
+    ATTN_LN_W, ATTN_LN_B, QKV, OUT = QKV + 3,
+    CROSS_LN_W = OUT + 3, CROSS_LN_B, CQ, COUT = CQ + 3,
+    MLP_LN_W = COUT + 3, MLP_LN_B, FC1, FC2 = FC1 + 3,
+    CROSS_KT = FC2 + 3, /* bf16, shape = (n_head, d_head, n_audio_ctx): transposed, so scores need no reductions */
     CROSS_V,  /* bf16, shape = (n_head, n_audio_ctx, d_head) */
     SELF_K,   /* fp32, shape = (n_head, n_ctx, d_head): this layer's rows of the draft's KV cache */
     SELF_V,
@@ -36,7 +35,7 @@ enum {
 };
 
 /* Pointers shared by the layers. */
-enum { TOKEN_EMB, POS_EMB, LN_W, LN_B, HEAD, N_GLOBAL_PTRS = HEAD + 3 /* the head has no biases */ };
+enum { TOKEN_EMB, POS_EMB, LN_W, LN_B, HEAD, N_GLOBAL_PTRS = HEAD + 2 /* the head has no biases */ };
 
 /* Integers describing the model. */
 enum { N_LAYER, D_MODEL, N_HEAD, D_FF, N_VOCAB, N_AUDIO_CTX, N_CTX, N_DIMS };
@@ -103,44 +102,43 @@ static inline void put(float *y, int o, float v, int mode) {
    feeds 16 outputs at once: no horizontal sums, and the weights stream in order. */
 #define GROUP 16
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-/* x quantised to 16 bits against its largest magnitude, split into bytes for VNNI's u8 x s8 products:
-   round(x / step) = 256 * (hi - 128) + lo, with hi, lo in [0, 255]; padding inputs are 0. Each thread
-   quantises for itself (no barrier; it is n_in values). */
-static float quantise(const float *x, int n, int n_padded, uint8_t *hi, uint8_t *lo) {
+#if defined(__AVX2__)
+/* x quantised to 15 bits against its largest magnitude (padding inputs 0), for AVX2's int16 products. */
+static float quantise(const float *x, int n, int n_padded, int16_t *q) {
     float m = 0.0f;
     for (int i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
-    float step = m > 0.0f ? m / 32767.0f : 1.0f, inv = 1.0f / step;
-    for (int i = 0; i < n_padded; i++) {
-        int v = (i < n ? (int)lrintf(x[i] * inv) : 0) + 32768; /* [1, 65535] */
-        hi[i] = (uint8_t)(v >> 8);
-        lo[i] = (uint8_t)(v & 255);
-    }
+    float step = m > 0.0f ? m / 16383.0f : 1.0f, inv = 1.0f / step;
+    for (int i = 0; i < n_padded; i++) q[i] = (int16_t)(i < n ? lrintf(x[i] * inv) : 0);
     return step;
 }
 
-/* sums[0..16) = the 16 rows of group `wg` . x: per 64 weight bytes, one load and two VNNI products (high
-   and low bytes of x); `row_sums` (each row's sum of weights) undoes the +32768 offset. */
-static inline void dot16(const int8_t *wg, const int32_t *row_sums, const uint8_t *hi, const uint8_t *lo,
-                         int n_in4, float step, float *sums) {
-    __m512i h[4], l[4];
-    for (int u = 0; u < 4; u++) h[u] = l[u] = _mm512_setzero_si512();
-    const int32_t *h4 = (const int32_t *)hi, *l4 = (const int32_t *)lo;
-    for (int i = 0; i < n_in4; i += 4) {
-        for (int u = 0; u < 4; u++) {
-            __m512i wv = _mm512_loadu_si512(wg + (size_t)(i + u) * 64);
-            h[u] = _mm512_dpbusd_epi32(h[u], _mm512_set1_epi32(h4[i + u]), wv);
-            l[u] = _mm512_dpbusd_epi32(l[u], _mm512_set1_epi32(l4[i + u]), wv);
+/* sums[0..16) = the 16 rows of group `wg` . x: per 64 weight bytes, four widenings to int16 and four
+   pairwise products (vpmaddwd) against x's 4 values repeated; each int32 lane holds one row's pair of
+   products. Sums move to floats every 256 blocks, before 256 x 2 x 127 x 16383 could overflow. */
+static inline void dot16(const int8_t *wg, const int16_t *q, int n_in4, float step, float *sums) {
+    __m256 total[4];
+    for (int u = 0; u < 4; u++) total[u] = _mm256_setzero_ps();
+    for (int start = 0; start < n_in4; start += 256) {
+        int end = start + 256 < n_in4 ? start + 256 : n_in4;
+        __m256i acc[4];
+        for (int u = 0; u < 4; u++) acc[u] = _mm256_setzero_si256();
+        for (int i = start; i < end; i++) {
+            int64_t x4;
+            memcpy(&x4, q + 4 * i, sizeof x4);
+            __m256i xv = _mm256_set1_epi64x(x4);
+            const int8_t *block = wg + (size_t)i * 64;
+            for (int u = 0; u < 4; u++) {
+                __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(block + 16 * u)));
+                acc[u] = _mm256_add_epi32(acc[u], _mm256_madd_epi16(w16, xv));
+            }
         }
+        for (int u = 0; u < 4; u++) total[u] = _mm256_add_ps(total[u], _mm256_cvtepi32_ps(acc[u]));
     }
-    __m512 hs = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(h[0], h[1]), _mm512_add_epi32(h[2], h[3])));
-    __m512 ls = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(l[0], l[1]), _mm512_add_epi32(l[2], l[3])));
-    __m512 rs = _mm512_cvtepi32_ps(_mm512_loadu_si512(row_sums));
-    /* sum of w * (256 * (hi - 128) + lo) = 256 * (w . hi) + w . lo - 32768 * sum of w */
-    __m512 v = _mm512_fmadd_ps(hs, _mm512_set1_ps(256.0f), _mm512_fmadd_ps(rs, _mm512_set1_ps(-32768.0f), ls));
-    _mm512_storeu_ps(sums, _mm512_mul_ps(v, _mm512_set1_ps(step)));
+    float lanes[4 * 8]; /* lane 8u + k: row 4u + k / 2 */
+    for (int u = 0; u < 4; u++) _mm256_storeu_ps(lanes + 8 * u, total[u]);
+    for (int r = 0; r < GROUP; r++) sums[r] = (lanes[2 * r] + lanes[2 * r + 1]) * step;
 }
-#define HAVE_VNNI 1
+#define HAVE_AVX2 1
 #else
 /* The portable path: the same layout, float products. */
 static inline void dot16_float(const int8_t *wg, const float *x, int n_in, float *sums) {
@@ -155,11 +153,11 @@ static inline void dot16_float(const int8_t *wg, const float *x, int n_in, float
 }
 #endif
 
-/* Whether this build has the VNNI products. Without them the portable loops run 5-7x slower than VNNI
-   (base's step: 14.5 ms with AVX2, 18.9 ms with SSE2, against 2.1-2.8 ms), slower than the PyTorch draft:
-   asr/native_draft.py then keeps the PyTorch draft unless told otherwise. */
-int asr_draft_vnni(void) {
-#ifdef HAVE_VNNI
+/* Whether this build has the fast (AVX2) products. Without them the portable loops take 13.6-18.9 ms for
+   base's step here, slower than the PyTorch draft: asr/native_draft.py then keeps the PyTorch draft unless
+   told otherwise. */
+int asr_draft_fast(void) {
+#if defined(HAVE_AVX2)
     return 1;
 #else
     return 0;
@@ -168,21 +166,19 @@ int asr_draft_vnni(void) {
 
 /* y[o] (=, +=, = gelu) s[o] * (W[o] . x) + b[o] for o < n_out, W packed as above. Called inside a parallel
    region: the groups of rows are split between its threads. */
-static void gemv(const int8_t *W, const int32_t *row_sums, const float *s, const float *b, const float *x,
-                 float *y, int n_out, int n_in, int mode) {
+static void gemv(const int8_t *W, const float *s, const float *b, const float *x, float *y, int n_out,
+                 int n_in, int mode) {
     int n_groups = (n_out + GROUP - 1) / GROUP, n_in4 = ((n_in + 3) / 4 + 3) / 4 * 4;
-#ifdef HAVE_VNNI
-    uint8_t hi[4 * n_in4], lo[4 * n_in4];
-    float step = quantise(x, n_in, 4 * n_in4, hi, lo);
-#else
-    (void)row_sums;
+#if defined(HAVE_AVX2)
+    int16_t q[4 * n_in4];
+    float step = quantise(x, n_in, 4 * n_in4, q);
 #endif
 #pragma omp for schedule(static)
     for (int g = 0; g < n_groups; g++) {
         const int8_t *wg = W + (size_t)g * n_in4 * 64;
         float sums[GROUP];
-#ifdef HAVE_VNNI
-        dot16(wg, row_sums + g * GROUP, hi, lo, n_in4, step, sums);
+#if defined(HAVE_AVX2)
+        dot16(wg, q, n_in4, step, sums);
 #else
         dot16_float(wg, x, n_in, sums);
 #endif
@@ -228,7 +224,7 @@ void asr_draft_step(const void *const *layers, const void *const *globals, const
         for (int l = 0; l < n_layer; l++) {
             const void *const *p = layers + (size_t)l * N_LAYER_PTRS;
 #define F32(i) ((const float *)p[i])
-#define LINEAR(i) (const int8_t *)p[i], (const int32_t *)p[i + 1], F32(i + 2), F32(i + 3)
+#define LINEAR(i) (const int8_t *)p[i], F32(i + 1), F32(i + 2)
             /* self-attention over the cached positions and this one */
 #pragma omp single
             layer_norm(x, F32(ATTN_LN_W), F32(ATTN_LN_B), h, d);
@@ -297,8 +293,8 @@ void asr_draft_step(const void *const *layers, const void *const *globals, const
         if (logits) {
 #pragma omp single
             layer_norm(x, (const float *)globals[LN_W], (const float *)globals[LN_B], h, d);
-            gemv((const int8_t *)globals[HEAD], (const int32_t *)globals[HEAD + 1],
-                 (const float *)globals[HEAD + 2], NULL, h, logits, n_vocab, d, STORE);
+            gemv((const int8_t *)globals[HEAD], (const float *)globals[HEAD + 1], NULL, h, logits, n_vocab, d,
+                 STORE);
         }
     }
 }

@@ -6,12 +6,11 @@ in one OpenMP region, in 2.1-2.7 ms. It is compiled once per machine with the C 
 or gcc), cached beside the converted weights, and loaded after torch so that it shares torch's OpenMP thread
 pool.
 
-It pays only with AVX-512 VNNI (Intel since Ice Lake / Cascade Lake, AMD since Zen 4): its portable loops,
-for other CPUs, take 14-19 ms a step of base here, more than the PyTorch draft's 6.5-7.7 ms. So by default
-the self draft runs in PyTorch, as before, where the CPU lacks VNNI, where the kernel cannot be built (no
-compiler, no OpenMP) or with `ASR_NATIVE_DRAFT=0`; `ASR_NATIVE_DRAFT=1` uses the kernel whatever the CPU
-(to measure it elsewhere). Either way the transcript is the same. The draft only proposes: the target
-verifies every token, so the kernel's own rounding cannot change a transcript.
+It needs AVX2 (x86-64 CPUs since 2013-2015) for its integer products; its portable loops, for other CPUs,
+take 13.6-18.9 ms a step of base here, more than the PyTorch draft's 6.5-7.7 ms. So the self draft runs in
+PyTorch, as before, where the CPU lacks AVX2, where the kernel cannot be built (no compiler, no OpenMP) or
+with `ASR_NATIVE_DRAFT=0`; `ASR_NATIVE_DRAFT=1` uses the kernel whatever the CPU (to measure it elsewhere).
+Either way the transcript is the same.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ logger = logging.getLogger("asr")
 SOURCE = Path(__file__).with_name("draft_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 # The kernel's table sizes (asr_draft_abi in draft_kernel.c): pointers per layer, global pointers, dims.
-N_LAYER_PTRS, N_GLOBAL_PTRS, N_DIMS = 34, 7, 7
+N_LAYER_PTRS, N_GLOBAL_PTRS, N_DIMS = 28, 6, 7
 GROUP = 16  # rows per packed group (draft_kernel.c)
 
 _LOCK = threading.Lock()
@@ -121,26 +120,25 @@ def library() -> ctypes.CDLL | None:
                         detail.strip().splitlines()[-1] if detail.strip() else type(exc).__name__,
                     )
                 else:
-                    if lib.asr_draft_vnni() or setting == "1":
+                    if lib.asr_draft_fast() or setting == "1":
                         _LIBRARY = lib
                     else:
                         logger.info(
-                            "this CPU has no AVX-512 VNNI: the self draft runs in PyTorch, faster here than "
-                            "the native step's portable loops (ASR_NATIVE_DRAFT=1 forces them)"
+                            "this CPU has no AVX2: the self draft runs in PyTorch, faster here than the "
+                            "native step's portable loops (ASR_NATIVE_DRAFT=1 forces them)"
                         )
         return _LIBRARY
 
 
-def pack_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+def pack_int8(weight: Tensor) -> Tensor:
     """An int8 matrix (shape = (n_out, n_in)) in the kernel's layout: groups of 16 rows, each as 64-byte
-    blocks of 4 inputs of its 16 rows (zero-padded), and each row's sum of weights (int32, padded)."""
+    blocks of 4 inputs of its 16 rows; zero-padded to whole groups and to a multiple of 4 blocks."""
     n_out, n_in = weight.shape
     n_in4 = (n_in + 15) // 16 * 4  # 4-input blocks, a multiple of 4 of them
     n_groups = -(-n_out // GROUP)
     padded = torch.zeros(n_groups * GROUP, n_in4 * 4, dtype=torch.int8)
     padded[:n_out, :n_in] = weight
-    packed = padded.view(n_groups, GROUP, n_in4, 4).permute(0, 2, 1, 3).contiguous()
-    return packed, padded.sum(1, dtype=torch.int32)
+    return padded.view(n_groups, GROUP, n_in4, 4).permute(0, 2, 1, 3).contiguous()
 
 
 def _pointers(tensors: list[Tensor]) -> ctypes.Array:
@@ -186,7 +184,7 @@ class NativeDraft:
             weight = f32(linear.weight)
             bias = linear.bias if linear.bias is not None else torch.zeros(weight.shape[0])
             q, scale = quantise_int8(weight)
-            return [*pack_int8(q), scale, f32(bias)]
+            return [pack_int8(q), scale, f32(bias)]
 
         self.layers: list[list[Tensor]] = []
         for block in decoder.blocks:
@@ -213,7 +211,7 @@ class NativeDraft:
             f32(decoder.positional_embedding),
             f32(decoder.ln.weight),
             f32(decoder.ln.bias),
-            *pack_int8(head),
+            pack_int8(head),
             head_scale,
         ]
         self.global_table = _pointers(self.globals)
