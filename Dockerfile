@@ -30,7 +30,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
 # A C compiler: the self draft's step is a small C kernel compiled at first use for the CPU it runs on
-# (asr/native_draft.py; used on CPUs with AVX-512 VNNI); without one it runs in PyTorch, about 2.5x slower.
+# (asr/native_draft.py; it needs AVX2); without one it runs in PyTorch, about 2.5x slower.
 # Nothing else comes from apt: soundfile's wheel bundles libsndfile. Unpinned: the slim image's Debian
 # release fixes the versions.
 # hadolint ignore=DL3008
