@@ -382,7 +382,10 @@ def make_drafter(spec: str, target: LoadedModel, beam_search: bool = False) -> D
     if spec == "self":
         dtype = self_draft_dtype(target.device, beam_search)
         with _LOCK:
-            if dtype == torch.int8 and (lib := native_library()) is not None:
+            # the kernel keeps the target's cache layout, float32 (a bf16 or fp16 target on a CPU drafts in
+            # PyTorch)
+            native_ok = dtype == torch.int8 and target.dtype == torch.float32
+            if native_ok and (lib := native_library()) is not None:
                 if target.model not in _NATIVE_DRAFTS:
                     _NATIVE_DRAFTS[target.model] = NativeDraft(target.model.decoder, lib)
                 native = _NATIVE_DRAFTS[target.model]

@@ -252,6 +252,8 @@ class NativeWindow:
         """Feed `tokens` after the cache's positions; the next-token logits, shape = (1, n_vocab). The
         returned tensor is reused by the next call."""
         draft = self.draft
+        if not tokens:
+            raise ValueError("feed at least one token")
         for i, token in enumerate(tokens):
             if not 0 <= token < draft.n_vocab:
                 raise ValueError(f"token {token} is outside the vocabulary")

@@ -3,6 +3,7 @@ code paths (AVX2 and portable), and never able to change a transcript."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from asr import native_draft
 from asr.decoding import DecodingOptions, DecodingTask
 from asr.drafting import DecoderDrafter, make_drafter
+from asr.model import Whisper
 from asr.speculative import DraftLength
 from tests.util import random_dims, random_model
 
@@ -113,6 +115,24 @@ def test_make_drafter_uses_the_native_step_for_greedy_only():
     assert make_drafter("self", m).native is greedy.native  # built once per target
     beams = make_drafter("self", m, beam_search=True)
     assert isinstance(beams, DecoderDrafter) and beams.native is None
+
+
+@needs_compiler
+def test_a_bfloat16_target_drafts_in_pytorch_and_stays_lossless():
+    source = random_model(seed=10, scale=4.0)
+    heads = {"encoder.n_head": torch.tensor(2), "decoder.n_head": torch.tensor(2)}
+    model = Whisper.from_state_dict({**source.model.state_dict(), **heads}, "cpu", torch.bfloat16)
+    m = dataclasses.replace(source, model=model)
+    assert m.dtype == torch.bfloat16
+    drafter = make_drafter("self", m)
+    assert isinstance(drafter, DecoderDrafter) and drafter.native is None
+    options = DecodingOptions(sample_len=12)
+    features = _features(m).to(torch.bfloat16)
+    plain, spec = (
+        DecodingTask(m, options, "en", None).run(features, None, d, DraftLength(None))
+        for d in (make_drafter("none", m), drafter)
+    )
+    assert spec.tokens == plain.tokens and spec.loop.n_proposed > 0
 
 
 @needs_compiler
