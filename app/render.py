@@ -145,6 +145,7 @@ def figures_html(stats: dict[str, Any], duration_s: float, language: str) -> str
         f"{duration_s:.1f} s of audio, language {language} · target {stats.get('target')} "
         f"({stats.get('dtype')}, {stats.get('device')}) · draft {stats.get('draft')}"
         + (f", k {stats.get('draft_k')}" if stats.get("draft") != "none" else "")
+        + (", native step" if stats.get("draft_step") == "native" else "")
         + f" · {mode}"
     )
     basis = SPEEDUP_KINDS.get(kind, "")

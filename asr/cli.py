@@ -262,8 +262,9 @@ def _summary_line(name: str, stats: dict, duration_s: float) -> str:
             f" (k {stats['draft_k']}): {stats['accepted']}/{stats['proposed']} proposed tokens accepted"
             f"{rate_text}, {stats['tokens_per_target_pass']:.1f} tokens per target pass, "
         )
+    native = "native " if stats.get("draft_step") == "native" else ""
     line += (
-        f"{stats['target_passes']} target + {stats['draft_passes']} draft passes "
+        f"{stats['target_passes']} target + {stats['draft_passes']} {native}draft passes "
         f"(target {times['target']:.2f} s, draft {times['draft']:.2f} s); "
     )
     if stats["speedup"] is None:

@@ -72,6 +72,11 @@ class Drafter:
         """Forward passes run so far (for the figures)."""
         return 0
 
+    @property
+    def step(self) -> str | None:
+        """How draft steps run, for the figures: "native" (draft_kernel.c), "pytorch", or None (no draft)."""
+        return None
+
 
 class DecoderDrafter(Drafter):
     """Greedy proposals from a Whisper decoder with its own KV cache."""
@@ -106,6 +111,10 @@ class DecoderDrafter(Drafter):
     @property
     def n_passes(self) -> int:
         return self._n_passes
+
+    @property
+    def step(self) -> str:
+        return "pytorch" if self.native is None else "native"
 
     @property
     def dtype(self) -> torch.dtype:

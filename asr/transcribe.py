@@ -133,6 +133,7 @@ def transcribe_stream(
     stats: dict[str, Any] = {
         "target": model.name,
         "draft": drafter.name,
+        "draft_step": drafter.step,
         "draft_k": options.draft_k if options.draft_k is not None else "adaptive",
         "beam_size": options.beam_size,
         "device": str(model.device),

@@ -163,6 +163,9 @@ def test_figures_html_labels_the_speedup_and_the_identity_check():
         _stats(speedup_kind="measured", speedup_end_to_end=1.2, identical_to_target=True), 11.0, "en"
     )
     assert "measured · end to end 1.20×" in measured and "checked token by token" in measured
+    assert "native step" not in measured
+    native = render.figures_html(_stats(draft_step="native"), 11.0, "en")
+    assert "draft self, k adaptive, native step" in native
     differs = render.figures_html(_stats(speedup_kind="measured", identical_to_target=False), 11.0, "en")
     assert ">NO<" in differs
     plain = render.figures_html(

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr import cli, drafting
+from asr import cli, drafting, native_draft
 from asr.decoding import MAX_DRAFT_K, DecodingOptions, DecodingTask
 from asr.drafting import DecoderDrafter, make_drafter
 from asr.errors import IncompatibleModelsError, InvalidOptionError
@@ -360,6 +360,8 @@ def test_cli_json_figures_of_the_default_self_draft(capsys, tmp_path, monkeypatc
     monkeypatch.setattr(DecoderDrafter, "propose", counting)
     _, stats, line = run_json(capsys, tmp_path)
     assert (stats["draft"], stats["target"], stats["draft_k"]) == ("self", "base", "adaptive")
+    native = native_draft.library() is not None
+    assert stats["draft_step"] == ("native" if native else "pytorch")
     assert 0 < stats["accepted"] <= stats["proposed"] == sum(passes_with_a_proposal)
     assert stats["acceptance_rate"] == pytest.approx(stats["accepted"] / stats["proposed"])
     assert stats["acceptance_rate"] > 0.5, "the self draft is a copy of the target: mostly right"
@@ -381,6 +383,7 @@ def test_cli_json_figures_of_the_default_self_draft(capsys, tmp_path, monkeypatc
     assert "identical_to_target" in stats and stats["identical_to_target"] is None
     assert_speedups_labelled(line)
     assert "draft self (k adaptive)" in line
+    assert (f"{stats['draft_passes']} native draft passes" in line) == native
 
 
 @pytest.mark.slow
@@ -421,6 +424,7 @@ def test_cli_draft_none_and_draft_k_keep_the_transcript(capsys, tmp_path):
     text_self, _, _ = run_json(capsys, tmp_path / "self")
     text_none, stats, line = run_json(capsys, tmp_path / "none", "--draft", "none")
     assert stats["draft"] == "none" and stats["speedup_kind"] == "baseline"
+    assert stats["draft_step"] is None
     assert stats["proposed"] == stats["draft_passes"] == 0
     assert not re.search(r"speedup \d", line), f"a plain run shows no speedup: {line}"
     text_k3, stats, line = run_json(capsys, tmp_path / "k3", "--draft-k", "3")
