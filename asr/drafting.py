@@ -8,8 +8,8 @@ proposal, crops it back to the longest prefix it shares with what the target com
 - `none`: proposes nothing; the loop is then plain greedy decoding with the target alone.
 - `self`: a cheap copy of the target's own decoder (int8 linears and head on a CPU, see self_draft_dtype)
   that reads the target's encoder output and cross-attention keys/values: nothing more to load, no second
-  encoder pass. On a CPU, greedy, its step is one native call (native_draft.py) where a C compiler is
-  available, else PyTorch modules.
+  encoder pass. On a CPU, greedy, its step is one native call (native_draft.py) where a C compiler and
+  AVX2 are available, else PyTorch modules.
 - a model name: a smaller Whisper with the same tokenizer. If its encoder is a copy of the target's (as
   distil-whisper's is), only its decoder runs, on the target's encoder output.
 """
