@@ -58,7 +58,9 @@ def test_pack_int8_layout():
 @needs_compiler
 def test_the_kernel_builds_here():
     """CI has a C compiler: a silent fall back to PyTorch would lose the draft's speed unnoticed."""
-    assert native_draft.library() is not None
+    avx2 = "avx2" in native_draft._cpu_signature().split()
+    assert native_draft.build().asr_draft_fast() == avx2
+    assert (native_draft.library() is not None) == avx2
 
 
 @needs_compiler
