@@ -161,7 +161,6 @@ class NativeDraft:
 
     def __init__(self, decoder: TextDecoder, lib: ctypes.CDLL) -> None:
         self.lib = lib
-        self.decoder = decoder  # holds the tensors the tables point into
         dims = decoder.dims
         self.n_vocab = dims.n_vocab
         self.dims = (ctypes.c_int * N_DIMS)(
@@ -186,6 +185,7 @@ class NativeDraft:
             q, scale = quantise_int8(weight)
             return [pack_int8(q), scale, f32(bias)]
 
+        # these lists hold every tensor the pointer tables point into (the target's own where it is float32)
         self.layers: list[list[Tensor]] = []
         for block in decoder.blocks:
             assert isinstance(block, DecoderBlock)
