@@ -188,12 +188,13 @@ def write_downloads(result: TranscriptionResult, name: str, root: Path | None = 
 def render_outputs(result: TranscriptionResult, model: LoadedModel, name: str, timestamps: bool) -> Outputs:
     """Everything the page shows for one finished transcription."""
     stats = result.stats
-    lengths = render.accepted_per_pass(result.segments)
     return Outputs(
         transcript=result.text,
         figures=render.figures_html(stats, result.duration_s, result.language),
         speculation=render.speculation_html(render.token_pieces(result.segments, model.tokenizer)),
-        plot=render.acceptance_figure(lengths, drafting=stats.get("draft") != "none"),
+        plot=render.acceptance_figure(
+            stats.passes, drafting=stats.has_draft, beam_search=bool(stats.beam_size)
+        ),
         segments=render.segments_html(result.segments) if timestamps else "",
         files=write_downloads(result, name),
     )

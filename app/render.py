@@ -1,7 +1,7 @@
 """Pure rendering: a finished transcription -> the HTML, figure and rows the page shows.
 
-Nothing here touches Gradio or a model's weights: every function takes plain data (stats, segments, a
-tokenizer) and returns a string or a matplotlib figure, so each is tested directly.
+Nothing here touches Gradio or a model's weights: every function takes plain data (a run's figures,
+segments, a tokenizer) and returns a string or a matplotlib figure, so each is tested directly.
 
 Colours are one pair used everywhere on the page: green for tokens the draft proposed and the target
 accepted, amber for tokens the target wrote itself (after a rejection, as the bonus token of a pass, or
@@ -20,6 +20,8 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from asr.audio import TIME_PRECISION
+from asr.figures import RunStats, StageTimes
+from asr.loop import PassRecord
 from asr.results import Segment
 
 DRAFT_COLOUR = "#16a34a"  # accepted draft tokens (text and bars)
@@ -31,7 +33,7 @@ MUTED_COLOUR = "#4b5563"
 CARD_BACKGROUND = "#f9fafb"
 BORDER_COLOUR = "#e5e7eb"
 
-# Stages of `stats["time_s"]` in the order they run, with the names the page gives them. "decode" holds the
+# Stages of `RunStats.time_s` in the order they run, with the names the page gives them. "decode" holds the
 # draft and target passes, so the rest of it is shown as its own bar (verification, bookkeeping, Python).
 STAGES = (
     ("load_audio", "load audio"),
@@ -89,63 +91,62 @@ def _ratio(value: Any) -> str:
     return f"{value:.2f}×" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
-def _speedup_colour(stats: dict[str, Any]) -> str:
-    speedup = stats.get("speedup")
-    if not isinstance(speedup, (int, float)) or stats.get("speedup_kind") == "baseline":
+def _speedup_colour(stats: RunStats) -> str:
+    if stats.speedup is None or stats.speedup_kind == "baseline":
         return TEXT_COLOUR
-    return DRAFT_COLOUR if speedup >= 1 else TARGET_COLOUR
+    return DRAFT_COLOUR if stats.speedup >= 1 else TARGET_COLOUR
 
 
-def figures_html(stats: dict[str, Any], duration_s: float, language: str) -> str:
+def figures_html(stats: RunStats, duration_s: float, language: str) -> str:
     """The headline figures as cards, a line saying what ran, and the time per stage as bars."""
-    kind = stats.get("speedup_kind", "")
+    kind = stats.speedup_kind or ""
     speedup_note = kind or "n/a"
-    if kind == "measured" and stats.get("speedup_end_to_end") is not None:
-        speedup_note = f"measured · end to end {_ratio(stats['speedup_end_to_end'])}"
-    identical = stats.get("identical_to_target")
+    if kind == "measured" and stats.speedup_end_to_end is not None:
+        speedup_note = f"measured · end to end {_ratio(stats.speedup_end_to_end)}"
+    identical = stats.identical_to_target
     if identical is True:
         identity = ("yes", "checked token by token" if kind == "measured" else "plain decoding", DRAFT_COLOUR)
     elif identical is False:
         identity = ("NO", "differs from the model alone: please report it", "#dc2626")
     else:
         identity = ("not checked", "tick the comparison box to check", MUTED_COLOUR)
-    rate = stats.get("acceptance_rate")
-    if stats.get("draft") == "none":
+    rate = stats.acceptance_rate
+    if not stats.has_draft:
         acceptance = ("—", "no draft")
     elif rate is None:
         acceptance = ("n/a", "nothing proposed")
     else:
-        unit = "draft steps confirmed" if stats.get("beam_size") else "proposed"
-        acceptance = (f"{rate:.0%}", f"{stats.get('accepted', 0)} of {stats.get('proposed', 0)} {unit}")
-    if stats.get("beam_size"):  # beam search: the draft proposes steps of a tree, the target confirms steps
+        unit = "draft steps confirmed" if stats.beam_size else "proposed"
+        acceptance = (f"{rate:.0%}", f"{stats.accepted} of {stats.proposed} {unit}")
+    if stats.beam_size:  # beam search: the draft proposes steps of a tree, the target confirms steps
         per_pass = (
             "beam steps per target pass",
-            f"{stats.get('beam_steps_per_target_pass', 0.0):.1f}",
-            f"{stats.get('beam_steps', 0)} steps",
+            f"{stats.beam_steps_per_target_pass or 0.0:.1f}",
+            f"{stats.beam_steps} steps",
         )
     else:
         per_pass = (
             "tokens per target pass",
-            f"{stats.get('tokens_per_target_pass', 0.0):.1f}",
-            f"{stats.get('n_tokens', 0)} tokens",
+            f"{stats.tokens_per_target_pass:.1f}",
+            f"{stats.n_tokens} tokens",
         )
     cards = [
-        _card("speedup (decode phase)", _ratio(stats.get("speedup")), speedup_note, _speedup_colour(stats)),
+        _card("speedup (decode phase)", _ratio(stats.speedup), speedup_note, _speedup_colour(stats)),
         _card("same output as target alone", identity[0], identity[1], identity[2]),
-        _card("draft hit rate" if stats.get("beam_size") else "draft acceptance", *acceptance),
+        _card("draft hit rate" if stats.beam_size else "draft acceptance", *acceptance),
         _card(*per_pass),
         _card(
             "passes: target / draft",
-            f"{stats.get('target_passes', 0)} / {stats.get('draft_passes', 0)}",
-            f"{stats.get('tokens_per_s', 0.0):.0f} tokens/s",
+            f"{stats.target_passes} / {stats.draft_passes}",
+            f"{stats.tokens_per_s:.0f} tokens/s",
         ),
     ]
-    mode = f"beam search ({stats['beam_size']} beams)" if stats.get("beam_size") else "greedy"
+    mode = f"beam search ({stats.beam_size} beams)" if stats.beam_size else "greedy"
     what_ran = (
-        f"{duration_s:.1f} s of audio, language {language} · target {stats.get('target')} "
-        f"({stats.get('dtype')}, {stats.get('device')}) · draft {stats.get('draft')}"
-        + (f", k {stats.get('draft_k')}" if stats.get("draft") != "none" else "")
-        + (", native step" if stats.get("draft_step") == "native" else "")
+        f"{duration_s:.1f} s of audio, language {language} · target {stats.target} "
+        f"({stats.dtype}, {stats.device}) · draft {stats.draft}"
+        + (f", k {stats.draft_k}" if stats.has_draft else "")
+        + (", native step" if stats.draft_step == "native" else "")
         + f" · {mode}"
     )
     basis = SPEEDUP_KINDS.get(kind, "")
@@ -154,16 +155,16 @@ def figures_html(stats: dict[str, Any], duration_s: float, language: str) -> str
         f'<div style="display:flex;flex-wrap:wrap;gap:0.5rem">{"".join(cards)}</div>'
         f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin:0.4rem 0 0.6rem">'
         f"{html.escape(what_ran)}<br>speedup {html.escape(basis)}</div>"
-        f"{stage_times_html(stats.get('time_s', {}))}"
+        f"{stage_times_html(stats.time_s)}"
         "</div>"
     )
 
 
-def stage_times_html(times: dict[str, float]) -> str:
+def stage_times_html(times: StageTimes) -> str:
     """Time per stage as horizontal bars, each as a share of the total."""
-    values = {key: float(times.get(key, 0.0)) for key, _ in STAGES if key != "decode_other"}
-    values["decode_other"] = max(0.0, float(times.get("decode", 0.0)) - values["draft"] - values["target"])
-    total = float(times.get("total", 0.0)) or sum(values.values()) or 1.0
+    values = {key: float(getattr(times, key)) for key, _ in STAGES if key != "decode_other"}
+    values["decode_other"] = max(0.0, times.decode - values["draft"] - values["target"])
+    total = times.total or sum(values.values()) or 1.0
     rows = []
     for key, label in STAGES:
         seconds = values[key]
@@ -181,7 +182,7 @@ def stage_times_html(times: dict[str, float]) -> str:
         f'<div class="asr-stages" style="border:1px solid {BORDER_COLOUR};border-radius:0.5rem;'
         f'padding:0.5rem 0.8rem;background:{CARD_BACKGROUND}">'
         f'<div style="font-size:0.85rem;font-weight:600;color:{TEXT_COLOUR};margin-bottom:0.3rem">'
-        f"Time per stage (total {float(times.get('total', 0.0)):.2f} s)</div>{''.join(rows)}</div>"
+        f"Time per stage (total {times.total:.2f} s)</div>{''.join(rows)}</div>"
     )
 
 
@@ -262,52 +263,28 @@ def speculation_html(pieces: Sequence[TokenPiece]) -> str:
     )
 
 
-def accepted_per_pass(segments: Sequence[Segment]) -> list[int]:
-    """Draft tokens accepted in each target pass, in transcript order, recovered from `Segment.drafted`.
-
-    A pass commits its accepted draft tokens (True) and then one token of the target's own (False), so each
-    False closes a pass; a run of True at the very end is a pass that stopped at end-of-text. Tokens of
-    segments that were dropped (no text) are not in `segments`, so this is the transcript's view.
-    """
-    lengths: list[int] = []
-    run = 0
-    for segment in segments:
-        for was_drafted in segment.drafted:
-            if was_drafted:
-                run += 1
-            else:
-                lengths.append(run)
-                run = 0
-    if run:
-        lengths.append(run)
-    return lengths
-
-
-def acceptance_figure(lengths: Sequence[int], drafting: bool) -> Figure:
-    """Stacked bars per target pass: accepted draft tokens (green) plus the target's own token (amber)."""
+def acceptance_figure(passes: Sequence[PassRecord], drafting: bool, beam_search: bool = False) -> Figure:
+    """Stacked bars per target pass, in decoding order (the loop's own record): what it accepted of the
+    draft's proposal (green) and what the target added itself (amber); tokens, or beam search's steps."""
+    unit = "beam steps" if beam_search else "tokens"
+    accepted = [p.n_accepted for p in passes]
+    own = [p.n_committed - p.n_accepted for p in passes]
     figure = Figure(figsize=(7.0, 2.3), dpi=100, layout="constrained")
     axes = figure.add_subplot()
-    passes = list(range(1, len(lengths) + 1))
-    axes.bar(passes, lengths, color=DRAFT_COLOUR, width=0.8, label="drafted and accepted")
-    axes.bar(
-        passes,
-        [1] * len(lengths),
-        bottom=lengths,
-        color=TARGET_COLOUR,
-        width=0.8,
-        label="written by the target",
-    )
-    axes.set_xlabel("target pass, along the transcript")
-    axes.set_ylabel("tokens")
-    title = "Tokens per target pass" if drafting else "Tokens per target pass (no draft: one each)"
+    numbers = list(range(1, len(passes) + 1))
+    axes.bar(numbers, accepted, color=DRAFT_COLOUR, width=0.8, label="drafted and accepted")
+    axes.bar(numbers, own, bottom=accepted, color=TARGET_COLOUR, width=0.8, label="written by the target")
+    axes.set_xlabel("target pass")
+    axes.set_ylabel(unit)
+    title = f"{unit.capitalize()} per target pass" + ("" if drafting else " (no draft: one each)")
     axes.set_title(title, fontsize=10, loc="left")
     axes.spines[["top", "right"]].set_visible(False)
     axes.yaxis.get_major_locator().set_params(integer=True)
-    if len(passes) <= 40:
-        axes.set_xticks(passes if len(passes) <= 20 else passes[::2])
+    if len(numbers) <= 40:
+        axes.set_xticks(numbers if len(numbers) <= 20 else numbers[::2])
     # above the axes, beside the title: never over a bar
     axes.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, ncols=2)
-    axes.set_ylim(0, max([*lengths, 0]) + 1.2)
+    axes.set_ylim(0, max([p.n_committed for p in passes] + [0]) + 1.2)
     return figure
 
 

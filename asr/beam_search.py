@@ -1,15 +1,15 @@
-"""Plain beam search with the target alone: the reference speculative beam search must reproduce.
+"""Beam search, plain or speculative (the draft proposes a tree; the target replays beam selection on it).
 
 Semantics are openai/whisper's BeamSearchDecoder and MaximumLikelihoodRanker: each of the B live beams offers
 its B + 1 best continuations; the best B candidates that do not end in EOT become the next beams (identical
 sequences count once); candidates ending in EOT are kept as finished, up to round(B * patience) of them;
 decoding stops once that many are finished (or at the length limit, where the best live beams are closed with
-EOT). The winner maximises sum_logprob / length_penalty(length). The KV cache follows the beams by `reorder`.
+EOT). The winner maximises sum_logprob / length_penalty(length). The KV cache follows the beams by `reorder`
+(plain) or `select` (a path of the tree). The loop stands beside asr/sequence_loop.py on asr/loop.py.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .drafting import Drafter, Window
-from .logit_filters import LogitFilter, apply_filters
-from .model import CrossKV, TextDecoder
-from .speculative import DraftLength, LoopResult
+from .drafting import Drafter, TreeProposal
+from .logit_filters import apply_filters
+from .loop import DraftLength, LoopResult, LoopRun, WindowInputs
+from .model import TextDecoder
 
 
 @dataclass(frozen=True)
@@ -181,21 +181,14 @@ def _project(
 
 @torch.inference_mode()
 def beam_search_loop(
-    decoder: TextDecoder,
-    audio_features: Tensor,
-    mel: Tensor,
-    filters: Sequence[LogitFilter],
-    initial_tokens: list[int],
-    eot: int,
-    sample_len: int,
+    window: WindowInputs,
+    drafter: Drafter,
+    draft_length: DraftLength,
     beam_size: int,
     patience: float,
     length_penalty: float | None,
-    drafter: Drafter,
-    draft_length: DraftLength,
-    cross: CrossKV | None = None,
 ) -> LoopResult:
-    """Beam search over one window, speculative when the drafter proposes; plain with the `none` drafter.
+    """Beam search over one window, speculative when the drafter proposes; plain with drafting.NoDraft.
 
     Per pass: 1. the draft runs its own beam search (2B wide) from the B live beams for k steps: a tree;
     2. the target runs ONE pass over the whole tree, a row per live beam holding the nodes below it (tree
@@ -204,54 +197,42 @@ def beam_search_loop(
     that leaves the tree is still exact (its beams' distributions are known): so the beams, their scores
     and the winner are plain beam search's (Leviathan et al. 2023, appendix A.4); 4. each new beam's cache
     row takes its parent's keys/values, the tree's slots laid out in sequence order.
-    audio_features: shape = (1, n_ctx, d); cross: its cross-attention projection, if already made.
     """
-    device = audio_features.device
-    start = time.perf_counter()
+    run = LoopRun(window, drafter, draft_length, n_rows=beam_size)  # cross keys/values shared by the rows
+    decoder, cache, filters, initial_tokens = window.decoder, run.cache, window.filters, window.initial_tokens
+    device = window.audio_features.device
     draft_width = DRAFT_WIDTH * beam_size
-    cache = decoder.new_cache(audio_features, beam_size, cross)  # cross keys/values shared by the rows
-    loop_start = time.perf_counter()
-    result = LoopResult(tokens=[], sum_logprob=0.0, prompt_hidden=torch.empty(0))
-    result.cross_kv_time_s = loop_start - start
-    search = BeamSearch(beam_size, patience, eot)
-    draft_passes_before = drafter.n_passes
+    search = BeamSearch(beam_size, patience, window.eot)
     # B identical empty beams at first: one root, one row, like openai's B rows of the same prompt
     sequences: list[list[int]] = [[]]
     sum_logprobs = [0.0]
     drafted: dict[tuple[int, ...], list[bool]] = {(): []}  # per live or finished sequence, per token
     pending = [list(initial_tokens)]
     n_steps = 0
-    started = done = False
+    done = False
     while not done:
         roots = [initial_tokens + s for s in sequences]
         # 1. the draft's tree (nothing on the first pass: the target's pass over the prompt comes first)
-        k = draft_length.next(sample_len - n_steps) if cache.length else 0
-        pass_start = start = time.perf_counter()
-        if k and not started:
-            drafter.start(Window(audio_features, mel, filters, cache, roots[0], n_rows=draft_width))
-            started = True
-        proposals = drafter.propose_beams(roots, sum_logprobs, k, draft_width) if k else []
-        result.draft_time_s += time.perf_counter() - start
+        k = run.draft_k(window.sample_len - n_steps)
+        tree_args = (roots, sum_logprobs, k, draft_width)
+        proposals: TreeProposal = run.draft(k, roots[0], draft_width, drafter.propose_beams, *tree_args) or []
         # 2. one target pass over every root's row: its pending tokens and its part of the tree
-        start = time.perf_counter()
-        n_cached = cache.length
-        tree = ProposalTree(roots, pending, proposals, n_cached, eot, cache.n_ctx)
-        mask = tree.mask.to(device) if tree.mask is not None else None
-        positions = tree.positions.to(device) if tree.positions is not None else None
-        hidden = decoder.hidden(torch.tensor(tree.tokens, device=device), cache, mask, positions)
-        if not result.prompt_hidden.numel():
-            result.prompt_hidden = hidden[0, : len(initial_tokens)]
-        # the vocabulary head, in one product, for the nodes the target will most likely select: each
-        # root and the draft's best B at each depth (others, should the target select them, come later)
-        likely = [tree.nodes[tuple(root)] for root in roots]
-        depth_counts: Counter[int] = Counter()
-        for origin, path in proposals:
-            depth_counts[len(path)] += 1
-            if depth_counts[len(path)] <= beam_size:
-                likely.append(tree.nodes[(*roots[origin], *path)])
-        logits_at = _project(decoder, hidden, likely, {})
-        result.target_time_s += time.perf_counter() - start
-        result.n_target_passes += 1
+        with run.target_time():
+            n_cached = cache.length
+            tree = ProposalTree(roots, pending, proposals, n_cached, window.eot, cache.n_ctx)
+            mask = tree.mask.to(device) if tree.mask is not None else None
+            positions = tree.positions.to(device) if tree.positions is not None else None
+            hidden = decoder.hidden(torch.tensor(tree.tokens, device=device), cache, mask, positions)
+            run.keep_prompt_hidden(hidden[0, : len(initial_tokens)])
+            # the vocabulary head, in one product, for the nodes the target will most likely select: each
+            # root and the draft's best B at each depth (others, should the target select them, come later)
+            likely = [tree.nodes[tuple(root)] for root in roots]
+            depth_counts: Counter[int] = Counter()
+            for origin, path in proposals:
+                depth_counts[len(path)] += 1
+                if depth_counts[len(path)] <= beam_size:
+                    likely.append(tree.nodes[(*roots[origin], *path)])
+            logits_at = _project(decoder, hidden, likely, {})
         # 3. replay beam selection on the target's distributions while the tree holds the live beams
         n_steps_before = n_steps
         while not done:
@@ -265,46 +246,31 @@ def beam_search_loop(
                     sequences * beam_size,
                     sum_logprobs * beam_size,
                 )
-            start = time.perf_counter()
-            logits_at = _project(decoder, hidden, nodes, logits_at)
-            logits = torch.stack([logits_at[node] for node in nodes])
-            result.target_time_s += time.perf_counter() - start
+            with run.target_time():
+                logits_at = _project(decoder, hidden, nodes, logits_at)
+                logits = torch.stack([logits_at[node] for node in nodes])
             apply_filters(filters, logits, [initial_tokens + s for s in sequences])
             logprobs = torch.log_softmax(logits, dim=-1)
             sequences, sum_logprobs, sources = search.step(logprobs, sequences, sum_logprobs)
             parents_at = [nodes[i] for i in sources]
             n_steps += 1
-            done = search.done or n_steps >= sample_len
+            done = search.done or n_steps >= window.sample_len
             for sequence in [*sequences, *(f[:-1] for f in search.finished)]:
                 if tuple(sequence) not in drafted:  # a new sequence: was its last token the draft's?
                     from_draft = (*initial_tokens, *sequence) in tree.nodes
                     drafted[tuple(sequence)] = [*drafted[tuple(sequence[:-1])], from_draft]
         depth = max((len(path) for _, path in proposals), default=0)  # draft steps proposed
-        if n_cached:  # not the prompt's pass: the cost of speculation, or of a plain step, for the policy
-            draft_length.timed(time.perf_counter() - pass_start, n_steps - n_steps_before, depth > 0)
-        if depth:
-            n_accepted = min(n_steps - n_steps_before - 1, depth)
-            result.n_proposed += depth
-            result.n_accepted += n_accepted
-            result.accepted_lengths[n_accepted] += 1
-            draft_length.update(depth, n_accepted)
+        n_committed = n_steps - n_steps_before
+        run.record(depth, min(n_committed - 1, depth) if depth else 0, n_committed)
         if done:
             break
         # 4. each new beam's cache row: its parent's keys/values, the tree's slots laid out as a sequence
-        start = time.perf_counter()
-        cache.select(
-            torch.tensor([row for row, _ in parents_at], device=device),
-            torch.tensor([tree.path_positions(row, slot) for row, slot in parents_at], device=device),
-        )
-        result.target_time_s += time.perf_counter() - start
+        with run.target_time():
+            cache.select(
+                torch.tensor([row for row, _ in parents_at], device=device),
+                torch.tensor([tree.path_positions(row, slot) for row, slot in parents_at], device=device),
+            )
         pending = [[s[-1]] for s in sequences]
         drafted = {tuple(s): drafted[tuple(s)] for s in [*sequences, *(f[:-1] for f in search.finished)]}
     best = rank(search.candidates(sequences, sum_logprobs), length_penalty)
-    result.tokens = list(best.tokens)
-    result.sum_logprob = best.sum_logprob
-    result.drafted = drafted[best.tokens]
-    result.n_beam_steps = n_steps
-    result.decode_time_s = time.perf_counter() - loop_start
-    result.n_draft_passes = drafter.n_passes - draft_passes_before
-    result.fell_back = draft_length.fallen_back
-    return result
+    return run.finish(list(best.tokens), best.sum_logprob, drafted[best.tokens], n_beam_steps=n_steps)

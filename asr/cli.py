@@ -13,6 +13,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .figures import RunStats
+    from .transcribe import Transcriber
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -133,8 +138,6 @@ def _transcribe(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.max_duration is not None and args.max_duration <= 0:
-        raise InvalidOptionError(f"--max-duration must be > 0 seconds, got {args.max_duration}")
     options = DecodingOptions(
         task=args.task,
         language=None if args.language in (None, "auto") else args.language,
@@ -148,7 +151,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     transcribe_options = TranscribeOptions(
         compare=args.compare,
         condition_on_previous_text=not args.no_condition_on_previous_text,
-        max_duration_s=args.max_duration or DEFAULT_MAX_DURATION_S,
+        max_duration_s=args.max_duration if args.max_duration is not None else DEFAULT_MAX_DURATION_S,
     )
     jobs, problems = _plan(args.paths, args.output_dir)
     # One input path that is not a folder, even a missing one: its problem must be reported, not a demand
@@ -164,20 +167,11 @@ def _transcribe(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
     from .models import load_model
+    from .transcribe import Transcriber
 
     model = load_model(args.model, device=args.device)
-    if model.tokenizer.multilingual is False and options.language not in (None, "en"):
-        raise InvalidOptionError(f"model {args.model!r} is English-only; --language must be en or auto")
-    if options.language is not None and options.language not in model.tokenizer.languages:
-        # Checked once here: otherwise every file of a batch fails with the same option error.
-        raise InvalidOptionError(
-            f"language {options.language!r} is not supported by {args.model!r}; "
-            f"allowed: {', '.join(model.tokenizer.languages)}, auto"
-        )
-    from .drafting import make_drafter
-
-    # a bad or incompatible draft: one error, before any file
-    make_drafter(options.draft, model, beam_search=options.beam_size is not None)
+    # the options against the model, and the draft (a bad or incompatible one): one error, before any file
+    transcriber = Transcriber(model, options, transcribe_options)
     if args.output_dir is not None:
         try:  # after the option checks, before any work: a transcript that cannot be written is work lost
             args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -185,8 +179,8 @@ def _transcribe(args: argparse.Namespace) -> int:
             reason = exc.strerror or type(exc).__name__
             raise InvalidOptionError(f"--output-dir {args.output_dir}: cannot create it ({reason})") from exc
     if single:
-        return _run_single(model, jobs[0], options, transcribe_options, formats, args.overwrite, problems)
-    return _run_batch(model, jobs, options, transcribe_options, formats, args.overwrite, problems)
+        return _run_single(transcriber, jobs[0], formats, args.overwrite, problems)
+    return _run_batch(transcriber, jobs, formats, args.overwrite, problems)
 
 
 def _plan(paths: Sequence[Path], output_dir: Path | None) -> tuple[list[Job], list[tuple[Path, str]]]:
@@ -238,54 +232,51 @@ def _outputs_done(stem: Path, formats: Sequence[str]) -> bool:
     return all(p.is_file() for p in output_paths(stem, formats).values())
 
 
-def _summary_line(name: str, stats: dict, duration_s: float) -> str:
-    times = stats["time_s"]
+def _summary_line(name: str, stats: RunStats, duration_s: float) -> str:
+    times = stats.time_s
     line = (
-        f"{name}: {duration_s:.1f} s of audio in {times['total']:.2f} s "
-        f"(encoder {times['encoder']:.2f} s, decode {times['decode']:.2f} s); "
-        f"{stats['n_tokens']} tokens, {stats['tokens_per_s']:.0f} tokens/s; "
-        f"target {stats['target']} ({stats['dtype']}, {stats['device']}), draft {stats['draft']}"
+        f"{name}: {duration_s:.1f} s of audio in {times.total:.2f} s "
+        f"(encoder {times.encoder:.2f} s, decode {times.decode:.2f} s); "
+        f"{stats.n_tokens} tokens, {stats.tokens_per_s:.0f} tokens/s; "
+        f"target {stats.target} ({stats.dtype}, {stats.device}), draft {stats.draft}"
     )
-    if stats.get("beam_size"):
-        line += f", beam search {stats['beam_size']}"
-    if stats["draft"] == "none":
+    if stats.beam_size:
+        line += f", beam search {stats.beam_size}"
+    if not stats.has_draft:
         return line
-    rate = stats["acceptance_rate"]
+    rate = stats.acceptance_rate
     rate_text = f" ({rate:.0%})" if rate is not None else ""
-    if stats.get("beam_size"):
+    if stats.beam_size:
         line += (
-            f" (k {stats['draft_k']}): {stats['accepted']}/{stats['proposed']} drafted beam steps confirmed"
-            f"{rate_text}, {stats['beam_steps_per_target_pass']:.1f} beam steps per target pass, "
+            f" (k {stats.draft_k}): {stats.accepted}/{stats.proposed} drafted beam steps confirmed"
+            f"{rate_text}, {stats.beam_steps_per_target_pass or 0.0:.1f} beam steps per target pass, "
         )
     else:
         line += (
-            f" (k {stats['draft_k']}): {stats['accepted']}/{stats['proposed']} proposed tokens accepted"
-            f"{rate_text}, {stats['tokens_per_target_pass']:.1f} tokens per target pass, "
+            f" (k {stats.draft_k}): {stats.accepted}/{stats.proposed} proposed tokens accepted"
+            f"{rate_text}, {stats.tokens_per_target_pass:.1f} tokens per target pass, "
         )
-    native = "native " if stats.get("draft_step") == "native" else ""
+    native = "native " if stats.draft_step == "native" else ""
     line += (
-        f"{stats['target_passes']} target + {stats['draft_passes']} {native}draft passes "
-        f"(target {times['target']:.2f} s, draft {times['draft']:.2f} s); "
+        f"{stats.target_passes} target + {stats.draft_passes} {native}draft passes "
+        f"(target {times.target:.2f} s, draft {times.draft:.2f} s); "
     )
-    if stats["speedup"] is None:
+    if stats.speedup is None:
         return line + "speedup n/a (nothing decoded)"
-    line += f"speedup {stats['speedup']:.2f}x ({stats['speedup_kind']}, decode phase"
-    if stats["speedup_kind"] == "measured":
-        identical = "identical" if stats["identical_to_target"] else "NOT IDENTICAL"
-        return (
-            line + f"; end to end {stats['speedup_end_to_end']:.2f}x; output {identical} to the model alone)"
-        )
+    line += f"speedup {stats.speedup:.2f}x ({stats.speedup_kind}, decode phase"
+    if stats.speedup_kind == "measured":
+        identical = "identical" if stats.identical_to_target else "NOT IDENTICAL"
+        return line + f"; end to end {stats.speedup_end_to_end:.2f}x; output {identical} to the model alone)"
     return line + "; --compare measures it)"
 
 
-def _run_single(model, job, options, transcribe_options, formats, overwrite, problems) -> int:
-    from .transcribe import transcribe
+def _run_single(transcriber: Transcriber, job: Job, formats, overwrite, problems) -> int:
     from .writers import write_result
 
     if job.stem is not None and not overwrite and _outputs_done(job.stem, formats):
         _err(f"{job.path}: outputs exist in {job.stem.parent} (use --overwrite to redo)")
         return EXIT_FAILED if problems else EXIT_OK
-    result = transcribe(model, job.path, options, transcribe_options)
+    result = transcriber.transcribe(job.path)
     print(result.text, flush=True)
     if job.stem is not None:
         write_result(result, job.stem, formats)
@@ -293,12 +284,11 @@ def _run_single(model, job, options, transcribe_options, formats, overwrite, pro
     return EXIT_FAILED if problems else EXIT_OK
 
 
-def _run_batch(model, jobs, options, transcribe_options, formats, overwrite, problems) -> int:
+def _run_batch(transcriber: Transcriber, jobs: list[Job], formats, overwrite, problems) -> int:
     from tqdm import tqdm
 
     from .audio import audio_duration
     from .errors import AsrError
-    from .transcribe import transcribe
     from .writers import write_result
 
     durations = {}
@@ -318,12 +308,13 @@ def _run_batch(model, jobs, options, transcribe_options, formats, overwrite, pro
     with bar:
         for index, job in enumerate(jobs, 1):
             bar.set_postfix_str(f"file {index}/{len(jobs)}")
+            assert job.stem is not None, "a batch always has --output-dir"
             if not overwrite and _outputs_done(job.stem, formats):
                 n_skipped += 1
                 bar.write(f"asr: skip {job.path}: outputs exist", file=sys.stderr)
             else:
                 try:
-                    result = transcribe(model, job.path, options, transcribe_options)
+                    result = transcriber.transcribe(job.path)
                     write_result(result, job.stem, formats)
                     n_done += 1
                     bar.write(

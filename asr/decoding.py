@@ -1,11 +1,13 @@
-"""Decoding one 30-s window: options validated once, Whisper's prompt and rules, then the loop.
+"""Decoding one 30-s window: options validated once, Whisper's prompt and rules, then a loop.
 
-The loop (asr/speculative.py) is the same for plain and speculative decoding: plain is the case where the
-drafter proposes nothing, one target pass per token.
+Greedy decoding runs asr/sequence_loop.py with the verifier registered for it (VERIFIERS); beam search runs
+asr/beam_search.py. Each is the same loop for plain and speculative decoding: plain is the case where the
+drafter proposes nothing (drafting.NoDraft), one target pass per token (step).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,13 +15,15 @@ from torch import Tensor
 
 from .audio import TIME_PRECISION
 from .beam_search import beam_search_loop
-from .drafting import Drafter
+from .drafting import Drafter, NoDraft
 from .errors import InvalidOptionError
 from .logit_filters import ApplyTimestampRules, LogitFilter, SuppressAtBegin, SuppressTokens
+from .loop import DraftLength, LoopResult, PassCosts, WindowInputs
 from .model import CrossKV
 from .models import LoadedModel
-from .speculative import DraftLength, LoopResult, PassCosts, decode_loop
+from .sequence_loop import sequence_loop
 from .tokenizer import TASKS
+from .verify import GreedyVerifier, Verifier
 
 MAX_DRAFT_K = 16
 MAX_BEAM_SIZE = 16
@@ -36,7 +40,7 @@ class DecodingOptions:
     suppress_blank: bool = True  # no blank or EOT as the first token
     suppress_tokens: tuple[int, ...] | None = None  # None: the model config's list
     max_initial_timestamp: float | None = 1.0  # seconds; the first timestamp may not be later
-    draft: str = "self"  # "self" (a cheap copy of the target), "none" (plain), or a model name
+    draft: str = "self"  # a registered draft ("self": a cheap copy of the target; "none": plain) or a model
     draft_k: int | None = None  # tokens proposed per target pass; None: adaptive
     beam_size: int | None = None  # None: greedy; else beam search with this many beams
     patience: float | None = None  # beam search: finished candidates to collect = round(beam_size * patience)
@@ -59,6 +63,33 @@ class DecodingOptions:
             raise InvalidOptionError(f"sample_len must be >= 1, got {self.sample_len}")
         if self.max_initial_timestamp is not None and self.max_initial_timestamp < 0:
             raise InvalidOptionError(f"max_initial_timestamp must be >= 0, got {self.max_initial_timestamp}")
+
+    @property
+    def strategy(self) -> str:
+        """How each step's token is chosen: "beam" (beam search) or "greedy"."""
+        return "beam" if self.beam_size is not None else "greedy"
+
+
+# The verifier of each strategy the sequence loop runs, built from the window's filters: a new strategy is
+# one Verifier class plus one entry here.
+VERIFIERS: dict[str, Callable[[DecodingOptions, Sequence[LogitFilter]], Verifier]] = {
+    "greedy": lambda options, filters: GreedyVerifier(filters),
+}
+
+
+def check_options(model: LoadedModel, options: DecodingOptions) -> None:
+    """What the options ask of this model: a language it knows, translation from a multilingual model.
+    (DecodingOptions checks the rest when it is made.) One place, once per run."""
+    tokenizer = model.tokenizer
+    if options.language is not None and options.language not in tokenizer.languages:
+        if not tokenizer.multilingual:
+            raise InvalidOptionError(f"model {model.name!r} is English-only; --language must be en or auto")
+        raise InvalidOptionError(
+            f"language {options.language!r} is not supported by {model.name!r}; "
+            f"allowed: {', '.join(tokenizer.languages)}, auto"
+        )
+    if not tokenizer.multilingual and options.task == "translate":
+        raise InvalidOptionError(f"model {model.name!r} is English-only: it cannot translate")
 
 
 @dataclass
@@ -94,8 +125,6 @@ class DecodingTask:
         dims = model.dims
         if model.tokenizer.multilingual and language is None:
             raise InvalidOptionError("a multilingual model needs a language (or detect one first)")
-        if not tokenizer.multilingual and options.task == "translate":
-            raise InvalidOptionError(f"model {model.name!r} is English-only: it cannot translate")
         self.model = model
         self.options = options
         self.eot = tokenizer.eot
@@ -152,33 +181,43 @@ class DecodingTask:
         audio_features: Tensor,
         mel: Tensor | None = None,
         drafter: Drafter | None = None,
-        draft_length: DraftLength | None = None,
         cross: CrossKV | None = None,
+        costs: PassCosts | None = None,
     ) -> DecodingResult:
         """Decode one window: greedy, or beam search with options.beam_size; speculative either way when a
-        drafter is given (the output is the same).
+        drafter is given (the output is the same), proposing options.draft_k tokens (None: adaptive).
 
         audio_features: shape = (1, n_audio_ctx, n_audio_state), the target's encoder output;
         mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it);
-        cross: the features' cross-attention projection, when already made (language detection makes it).
+        cross: the features' cross-attention projection, when already made (language detection makes it);
+        costs: beam search's record of whether speculation pays, shared across windows (figures.pass_costs).
         """
         options = self.options
-        window = (
-            self.model.model.decoder,
-            audio_features,
-            mel if mel is not None else torch.empty(0),
-            self.filters,
-            self.initial_tokens,
-            self.eot,
-            self.sample_len,
+        window = WindowInputs(
+            decoder=self.model.model.decoder,
+            audio_features=audio_features,
+            mel=mel if mel is not None else torch.empty(0),
+            filters=self.filters,
+            initial_tokens=self.initial_tokens,
+            eot=self.eot,
+            sample_len=self.sample_len,
+            cross=cross,
         )
-        drafter = drafter or Drafter()
-        if options.beam_size is not None:
-            beam = (options.beam_size, options.patience or 1.0, options.length_penalty)
-            draft_length = draft_length or DraftLength(costs=PassCosts())
-            loop = beam_search_loop(*window, *beam, drafter, draft_length, cross)
+        drafter = drafter or NoDraft()
+        if options.strategy == "beam":
+            assert options.beam_size is not None
+            draft_length = DraftLength(options.draft_k, costs or PassCosts())
+            loop = beam_search_loop(
+                window,
+                drafter,
+                draft_length,
+                options.beam_size,
+                options.patience or 1.0,
+                options.length_penalty,
+            )
         else:
-            loop = decode_loop(*window, drafter, draft_length or DraftLength(), cross)
+            verifier = VERIFIERS[options.strategy](options, self.filters)
+            loop = sequence_loop(window, drafter, verifier, DraftLength(options.draft_k))
         return self._result(loop)
 
     def _result(self, loop: LoopResult) -> DecodingResult:

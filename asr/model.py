@@ -66,9 +66,9 @@ def pack_weight(weight: Tensor, rows: int) -> Tensor:
 
     Same values (`to_dense()` gives them back), other memory order. A decoding step multiplies one row, or a
     few (a verification pass, beams), by weights far larger than the cache: what counts is reading them at
-    full memory speed, which oneDNN's packed kernel does and the default GEMM does not. Measured on base,
-    2 cores (Zen 4): one greedy step 17 -> 14 ms, an 11-token verification pass 35 -> 18 ms, a 5-beam step
-    31 -> 15 ms. Any hint of 4 or more gave the same speed for 1 to 150 rows; a hint of 1 was slow for more.
+    full memory speed, which oneDNN's packed kernel does and the default GEMM does not (a greedy step, a
+    verification pass and a beam step all got faster; the README's speed section has the figures). Any
+    hint of 4 or more gave the same speed for 1 to 150 rows; a hint of 1 was slow for more.
     """
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
 
@@ -238,15 +238,14 @@ def cross_attend(q: Tensor, ck: Tensor, cv: Tensor) -> Tensor:
     n_batch, n_head, n_new, d_head = q.shape
     if ck.shape[0] != n_batch:
         # One audio for every row (beams, a draft's rows): fold the rows into the query axis, so the
-        # window's keys/values (6 MB a layer for base) are read once, not once per row: a plain beam
-        # step (5 rows) of base took 33 ms here against 19 ms for a greedy one, 25-27 ms with this.
-        # No mask: the rows stay independent.
+        # window's keys/values (6 MB a layer for base) are read once, not once per row, which made a
+        # plain beam step markedly cheaper. No mask: the rows stay independent.
         folded = q.transpose(0, 1).reshape(1, n_head, n_batch * n_new, d_head)
         return cross_attend(folded, ck, cv).view(n_head, n_batch, n_new, d_head).transpose(0, 1)
     if ck.dtype != q.dtype:
         # A draft's cheaper copy of the keys/values (bf16: half the bytes of the largest thing a step reads
-        # after the weights). Plain products: the CPU's fused attention is slower in bf16 than in fp32
-        # (4.9 ms against 3.1 ms for base's six layers), two bf16 products take 1.3 ms.
+        # after the weights). Plain products: the CPU's fused attention was slower in bf16 than in fp32,
+        # and two bf16 products faster than either.
         weights = torch.softmax((q * d_head**-0.5).to(ck.dtype) @ ck.transpose(-1, -2), dim=-1)
         return (weights @ cv).to(q.dtype)
     return F.scaled_dot_product_attention(q, ck, cv)
@@ -302,7 +301,7 @@ class TextDecoder(nn.Module):
 
     def project_audio(self, audio_features: Tensor) -> CrossKV:
         """Every layer's cross-attention keys/values for `audio_features` (shape = (1 or n_batch, n_ctx, d)):
-        the window's one costly projection (~55 ms for base on 2 cores), for all that decodes the window."""
+        the window's one costly projection, shared by all that decodes the window."""
         cross = [cast(DecoderBlock, block).cross_attn.project_audio(audio_features) for block in self.blocks]
         return [k for k, _ in cross], [v for _, v in cross]
 

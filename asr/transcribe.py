@@ -5,8 +5,10 @@ window is decoded, complete segments (closed by a timestamp pair) are kept and t
 the last complete segment's end, so a word cut by a window edge is decoded again whole in the next
 window rather than lost or repeated. Without timestamps, windows are simply consecutive.
 
-Results stream (the idea of faster-whisper's transcribe): `transcribe_stream` yields segments as each
-window is decoded, so the CLI and the app can show progress; `transcribe` collects them.
+Results stream (the idea of faster-whisper's transcribe): `Transcriber.stream` returns segments as each
+window is decoded, so the CLI and the app can show progress; `transcribe` collects them. A Transcriber
+checks its options against the model and builds its drafter once, for as many inputs as it is given; the
+figures of each run are asr/figures.py's RunStats.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,13 +34,14 @@ from .audio import (
     log_mel_spectrogram,
     pad_or_trim,
 )
-from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
-from .drafting import Drafter, make_drafter
+from .decoding import DecodingOptions, DecodingResult, DecodingTask, check_options, detect_language
+from .draft_factory import make_drafter
+from .drafting import Drafter, NoDraft
 from .errors import InvalidOptionError
+from .figures import RunStats, finish, pass_costs, single_pass_time
 from .model import CrossKV
 from .models import LoadedModel
 from .results import Segment, TranscriptionResult
-from .speculative import DraftLength, PassCosts
 
 logger = logging.getLogger("asr")
 
@@ -47,6 +49,8 @@ INPUT_STRIDE = N_FRAMES // 1500  # mel frames per encoder position (2): converts
 # A window whose peak is below -60 dBFS is silence: it is not decoded at all. Whisper's own no-speech rule
 # (below) lets "you" through on digital silence (P(no speech) 0.93 but an average log-prob above -1).
 SILENCE_PEAK = 10 ** (-60 / 20)
+
+Audio = str | os.PathLike | bytes | np.ndarray
 
 
 @dataclass
@@ -56,7 +60,7 @@ class TranscriptionInfo:
     language: str
     language_probability: float
     duration_s: float
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: RunStats
     window_tokens: list[list[int]] = field(default_factory=list)  # every decoded window's tokens
 
 
@@ -70,10 +74,108 @@ class TranscribeOptions:
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
     compare: bool = False  # also run the plain target on the same input: measured speedup, identity check
 
+    def __post_init__(self) -> None:
+        if self.max_duration_s is not None and not self.max_duration_s > 0:
+            raise InvalidOptionError(
+                f"max_duration (--max-duration) must be > 0 seconds, got {self.max_duration_s}"
+            )
+
+
+class Transcriber:
+    """One run's settings, checked once against the model, and its drafter, built once: give it as many
+    inputs as you like (the CLI's batch does). Not for concurrent use: its drafter holds a window's state;
+    make one per thread (the heavy parts of a draft are shared)."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        options: DecodingOptions | None = None,
+        transcribe_options: TranscribeOptions | None = None,
+        drafter: Drafter | None = None,
+    ) -> None:
+        self.model = model
+        self.options = options or DecodingOptions()
+        self.transcribe_options = transcribe_options or TranscribeOptions()
+        check_options(model, self.options)
+        beam_search = self.options.beam_size is not None
+        self.drafter = drafter or make_drafter(self.options.draft, model, beam_search=beam_search)
+
+    def transcribe(self, audio: Audio) -> TranscriptionResult:
+        """One recording (a path, encoded bytes, or float samples at 16 kHz) to text and segments."""
+        segments, info = self.stream(audio)
+        collected = list(segments)
+        return TranscriptionResult(
+            text="".join(s.text for s in collected).strip(),
+            language=info.language,
+            segments=collected,
+            duration_s=info.duration_s,
+            stats=info.stats,
+        )
+
+    def stream(self, audio: Audio) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        """Segments as each window is decoded, and the info. Before it returns, the audio is read, its
+        log-mel computed and its language detected (a multilingual model, no language given: one encoder
+        pass); with `compare`, the plain target first transcribes the whole input. The windows are decoded
+        as the iterator is advanced."""
+        t_start = time.perf_counter()
+        samples = load_audio(audio, max_duration_s=self.transcribe_options.max_duration_s)
+        load_s = time.perf_counter() - t_start
+        reference = None
+        if self.transcribe_options.compare and not isinstance(self.drafter, NoDraft):
+            # The plain target on the same samples, first and to completion: the figures compare against
+            # it. Its step is timed (and so warmed) before: a cold process's first passes must not slow the
+            # run speculation is measured against.
+            single_pass_time(self.model, n_rows=self.options.beam_size or 1)
+            plain_segments, reference = self._stream_samples(samples, load_s, NoDraft(), None)
+            for _ in plain_segments:
+                pass
+        return self._stream_samples(samples, load_s, self.drafter, reference)
+
+    def _stream_samples(
+        self, samples: np.ndarray, load_s: float, drafter: Drafter, reference: TranscriptionInfo | None
+    ) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        model, options = self.model, self.options
+        t_loaded = time.perf_counter()
+        t_start = t_loaded - load_s  # this run's clock: the one audio load, then its own work
+        mel = log_mel_spectrogram(samples, model.dims.n_mels, padding=N_SAMPLES, device=model.device)
+        stats = RunStats(
+            target=model.name,
+            draft=drafter.name,
+            draft_step=drafter.step,
+            draft_k=options.draft_k if options.draft_k is not None else "adaptive",
+            beam_size=options.beam_size,
+            device=str(model.device),
+            dtype=str(model.dtype).removeprefix("torch."),
+        )
+        stats.time_s.load_audio = load_s
+        stats.time_s.mel = time.perf_counter() - t_loaded
+        first_window = (
+            None  # the first window's encoding and cross-attention projection, if detection made them
+        )
+        language, language_probability = options.language, 1.0
+        if language is None:
+            if model.tokenizer.multilingual:
+                features = _encode(model, pad_or_trim(mel, N_FRAMES), stats)
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    cross = model.model.decoder.project_audio(features)
+                stats.time_s.cross_kv += time.perf_counter() - start
+                first_window = (features, cross)
+                language, probs = detect_language(model, features, cross)
+                language_probability = probs[language]
+            else:
+                language = "en"
+        info = TranscriptionInfo(language, language_probability, len(samples) / SAMPLE_RATE, stats)
+        window_options = replace(options, language=language)
+        segments = _segments(
+            model, samples, mel, window_options, self.transcribe_options, info, first_window, drafter
+        )
+        return _finished(segments, model, info, t_start, reference), info
+
 
 def transcribe(
     model: LoadedModel,
-    audio: str | os.PathLike | bytes | np.ndarray,
+    audio: Audio,
     options: DecodingOptions | None = None,
     transcribe_options: TranscribeOptions | None = None,
     **option_overrides: Any,
@@ -82,118 +184,42 @@ def transcribe(
 
     Keyword overrides set DecodingOptions fields, e.g. `transcribe(model, "a.wav", language="de")`.
     """
-    info, segments = transcribe_stream(model, audio, options, transcribe_options, **option_overrides)
-    collected = list(segments)
-    return TranscriptionResult(
-        text="".join(s.text for s in collected).strip(),
-        language=info.language,
-        segments=collected,
-        duration_s=info.duration_s,
-        stats=info.stats,
-    )
+    options = replace(options or DecodingOptions(), **option_overrides)
+    return Transcriber(model, options, transcribe_options).transcribe(audio)
 
 
 def transcribe_stream(
     model: LoadedModel,
-    audio: str | os.PathLike | bytes | np.ndarray,
+    audio: Audio,
     options: DecodingOptions | None = None,
     transcribe_options: TranscribeOptions | None = None,
     **option_overrides: Any,
-) -> tuple[TranscriptionInfo, Iterator[Segment]]:
-    """Like `transcribe`, but returns at once with the info and an iterator producing segments."""
+) -> tuple[Iterator[Segment], TranscriptionInfo]:
+    """Like `transcribe`, but segments as they are decoded, and the info (see Transcriber.stream for what
+    is done before it returns)."""
     options = replace(options or DecodingOptions(), **option_overrides)
-    transcribe_options = transcribe_options or TranscribeOptions()
-    tokenizer = model.tokenizer
-    if options.language is not None and options.language not in tokenizer.languages:
-        raise InvalidOptionError(
-            f"language {options.language!r} is not supported by {model.name!r}; "
-            f"allowed: {', '.join(tokenizer.languages)}"
-        )
-    t_start = time.perf_counter()
-    samples = load_audio(audio, max_duration_s=transcribe_options.max_duration_s)
-    load_s = time.perf_counter() - t_start
-    drafter = make_drafter(options.draft, model, beam_search=options.beam_size is not None)
-    reference = None
-    if transcribe_options.compare and drafter.name != "none":
-        # The plain target on the same samples, first and to completion: the figures compare against it.
-        # Its step is timed (and so warmed) before: a cold process's first passes must not slow the run
-        # speculation is measured against.
-        single_pass_time(model, n_rows=options.beam_size or 1)
-        reference, plain_segments = transcribe_stream(
-            model, samples, replace(options, draft="none"), replace(transcribe_options, compare=False)
-        )
-        for _ in plain_segments:
-            pass
-    t_loaded = time.perf_counter()
-    t_start = t_loaded - load_s  # this run's clock: the one audio load, then its own work
-    mel = log_mel_spectrogram(samples, model.dims.n_mels, padding=N_SAMPLES, device=model.device)
-    t_mel = time.perf_counter()
-    duration_s = len(samples) / SAMPLE_RATE
-
-    stats: dict[str, Any] = {
-        "target": model.name,
-        "draft": drafter.name,
-        "draft_step": drafter.step,
-        "draft_k": options.draft_k if options.draft_k is not None else "adaptive",
-        "beam_size": options.beam_size,
-        "device": str(model.device),
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "n_windows": 0,
-        "n_silent_windows": 0,
-        "n_tokens": 0,
-        "proposed": 0,
-        "accepted": 0,
-        "accepted_length_histogram": {},
-        "target_passes": 0,
-        "beam_steps": 0,
-        "draft_passes": 0,
-        "fallback_windows": 0,
-        "time_s": {
-            "load_audio": t_loaded - t_start,
-            "mel": t_mel - t_loaded,
-            "encoder": 0.0,
-            "cross_kv": 0.0,
-            "draft": 0.0,
-            "target": 0.0,
-            "decode": 0.0,
-        },
-    }
-    first_window = None  # the first window's encoding and cross-attention projection, if detection made them
-    language, language_probability = options.language, 1.0
-    if language is None:
-        if tokenizer.multilingual:
-            features = _encode(model, pad_or_trim(mel, N_FRAMES), stats)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                cross = model.model.decoder.project_audio(features)
-            stats["time_s"]["cross_kv"] += time.perf_counter() - start
-            first_window = (features, cross)
-            language, probs = detect_language(model, features, cross)
-            language_probability = probs[language]
-        else:
-            language = "en"
-    info = TranscriptionInfo(language, language_probability, duration_s, stats)
-    window_options = replace(options, language=language)
-    segments = _segments(
-        model,
-        samples,
-        mel,
-        window_options,
-        transcribe_options,
-        info,
-        first_window,
-        t_start,
-        drafter,
-        reference,
-    )
-    return info, segments
+    return Transcriber(model, options, transcribe_options).stream(audio)
 
 
-def _encode(model: LoadedModel, mel_window: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
+def _finished(
+    segments: Iterator[Segment],
+    model: LoadedModel,
+    info: TranscriptionInfo,
+    t_start: float,
+    reference: TranscriptionInfo | None,
+) -> Iterator[Segment]:
+    """`segments`, then the derived figures once they run out."""
+    yield from segments
+    identical = None if reference is None else reference.window_tokens == info.window_tokens
+    plain = None if reference is None else reference.stats
+    finish(info.stats, model, info.duration_s, t_start, plain, identical)
+
+
+def _encode(model: LoadedModel, mel_window: torch.Tensor, stats: RunStats) -> torch.Tensor:
     start = time.perf_counter()
     with torch.inference_mode():
         features = model.model.encoder(mel_window.unsqueeze(0).to(model.dtype))
-    stats["time_s"]["encoder"] += time.perf_counter() - start
+    stats.time_s.encoder += time.perf_counter() - start
     return features
 
 
@@ -205,9 +231,7 @@ def _segments(
     transcribe_options: TranscribeOptions,
     info: TranscriptionInfo,
     first_window: tuple[torch.Tensor, CrossKV] | None,
-    t_start: float,
     drafter: Drafter,
-    reference: TranscriptionInfo | None,
 ) -> Iterator[Segment]:
     tokenizer = model.tokenizer
     stats = info.stats
@@ -222,7 +246,7 @@ def _segments(
         segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
         window = samples[seek * HOP_LENGTH : (seek + segment_size) * HOP_LENGTH]
         if np.abs(window).max(initial=0.0) < SILENCE_PEAK:
-            stats["n_silent_windows"] += 1
+            stats.n_silent_windows += 1
             seek += segment_size
             continue
         mel_window = pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES)
@@ -233,8 +257,8 @@ def _segments(
             features = _encode(model, mel_window, stats)
         previous = all_tokens if transcribe_options.condition_on_previous_text else None
         task = DecodingTask(model, options, options.language, previous)
-        result = task.run(features, mel_window, drafter, DraftLength(options.draft_k, costs), cross)
-        _add_decoding_stats(stats, result)
+        result = task.run(features, mel_window, drafter, cross, costs)
+        stats.add_window(result.loop, len(result.tokens))
         info.window_tokens.append(result.tokens)
 
         if _is_silence(result, transcribe_options):
@@ -265,7 +289,6 @@ def _segments(
                 drafted=piece_drafted,
             )
             next_id += 1
-    _finish_stats(model, info, t_start, reference)
 
 
 def _is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
@@ -308,118 +331,3 @@ def _split_by_timestamps(
     if timestamps and timestamps[-1] != timestamp_begin:
         end = seconds(timestamps[-1])
     return [(tokens, 0.0, end)], segment_size
-
-
-def _add_decoding_stats(stats: dict[str, Any], result: DecodingResult) -> None:
-    loop = result.loop
-    stats["n_windows"] += 1
-    stats["n_tokens"] += len(result.tokens)
-    stats["target_passes"] += loop.n_target_passes
-    stats["beam_steps"] += loop.n_beam_steps
-    stats["draft_passes"] += loop.n_draft_passes
-    stats["proposed"] += loop.n_proposed
-    stats["accepted"] += loop.n_accepted
-    stats["fallback_windows"] += int(loop.fell_back)
-    histogram = stats["accepted_length_histogram"]
-    for length, count in loop.accepted_lengths.items():
-        histogram[str(length)] = histogram.get(str(length), 0) + count
-    times = stats["time_s"]
-    times["decode"] += result.decode_time_s
-    times["cross_kv"] += loop.cross_kv_time_s
-    times["draft"] += loop.draft_time_s
-    times["target"] += loop.target_time_s
-
-
-SHARED_STAGES = ("mel", "encoder", "cross_kv")  # the same work with or without a draft
-
-
-def _finish_stats(
-    model: LoadedModel, info: TranscriptionInfo, t_start: float, reference: TranscriptionInfo | None
-) -> None:
-    """Derived figures. The speedup is always labelled: "measured" against a plain run of the same input
-    (--compare), else "estimated" from this machine's single-token target pass time."""
-    stats = info.stats
-    times = stats["time_s"]
-    times["total"] = time.perf_counter() - t_start
-    decode = times["decode"]
-    stats["accepted_length_histogram"] = dict(
-        sorted(stats["accepted_length_histogram"].items(), key=lambda kv: int(kv[0]))
-    )
-    stats["acceptance_rate"] = stats["accepted"] / stats["proposed"] if stats["proposed"] else None
-    stats["tokens_per_target_pass"] = stats["n_tokens"] / max(stats["target_passes"], 1)
-    if stats["beam_size"] is not None:
-        stats["beam_steps_per_target_pass"] = stats["beam_steps"] / max(stats["target_passes"], 1)
-    stats["tokens_per_s"] = stats["n_tokens"] / decode if decode > 0 else 0.0
-    stats["realtime_factor"] = times["total"] / info.duration_s if info.duration_s > 0 else 0.0
-    if reference is not None:
-        plain = reference.stats
-        stats["speedup"] = plain["time_s"]["decode"] / decode if decode > 0 else None
-        # End to end from samples in memory (the audio was loaded once, for both runs). The log-mel, the
-        # encoder and the cross-attention projection are the same work in both runs: each counts at the
-        # faster of its two timings, or the one-off set-up of a cold process's first calls (paid by the
-        # plain run, which goes first) inflates the ratio.
-        plain_total = plain["time_s"]["total"] - plain["time_s"]["load_audio"]
-        spec_total = times["total"] - times["load_audio"]
-        for stage in SHARED_STAGES:
-            fastest = min(plain["time_s"][stage], times[stage])
-            plain_total += fastest - plain["time_s"][stage]
-            spec_total += fastest - times[stage]
-        stats["speedup_end_to_end"] = plain_total / spec_total
-        stats["speedup_kind"] = "measured"
-        stats["speedup_basis"] = "decode phase, plain target / speculative, same input, same process"
-        stats["identical_to_target"] = reference.window_tokens == info.window_tokens
-        stats["plain"] = {k: plain[k] for k in ("target_passes", "tokens_per_s", "time_s")}
-    elif stats["draft"] == "none":
-        stats["speedup"] = 1.0
-        stats["speedup_kind"] = "baseline"
-        stats["speedup_basis"] = "plain target decoding"
-        stats["identical_to_target"] = True
-    else:
-        beam_size = stats["beam_size"]
-        step_s = single_pass_time(model, n_rows=beam_size or 1)
-        # plain beam search makes one pass of B rows per step; greedy one pass per token, and one per EOT
-        plain_passes = stats["beam_steps"] if beam_size else stats["n_tokens"] + stats["n_windows"]
-        stats["speedup"] = plain_passes * step_s / decode if decode > 0 else None
-        stats["speedup_kind"] = "estimated"
-        stats["speedup_basis"] = (
-            f"decode phase; plain estimated as {plain_passes} target passes x {step_s * 1000:.1f} ms "
-            f"(one-token pass of {beam_size or 1} row(s) measured on this machine); use --compare to measure"
-        )
-        stats["identical_to_target"] = None
-
-
-_PASS_COSTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, int], PassCosts]]
-_PASS_COSTS = weakref.WeakKeyDictionary()
-
-
-def pass_costs(model: LoadedModel, draft: str, beam_size: int) -> PassCosts:
-    """Beam search: whether speculation pays with this draft is timed once per process and remembered
-    (asr/speculative.py, PassCosts), so a batch of short files pays for the measurement once, not per file."""
-    return _PASS_COSTS.setdefault(model.model, {}).setdefault((draft, beam_size), PassCosts())
-
-
-_PASS_TIMES: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, float]] = weakref.WeakKeyDictionary()
-
-
-def single_pass_time(model: LoadedModel, n_rows: int = 1) -> float:
-    """Median seconds of one single-token target pass of `n_rows` rows on this machine (measured once)."""
-    known = _PASS_TIMES.setdefault(model.model, {})
-    if n_rows not in known:
-        decoder = model.model.decoder
-        dims = model.dims
-        with torch.inference_mode():
-            features = torch.zeros(
-                1, dims.n_audio_ctx, dims.n_audio_state, dtype=model.dtype, device=model.device
-            )
-            cache = decoder.new_cache(features, n_batch=n_rows)
-            prompt = torch.tensor([[model.tokenizer.sot] * 4] * n_rows, device=model.device)
-            decoder(prompt, cache)
-            token = torch.tensor([[model.tokenizer.sot]] * n_rows, device=model.device)
-            times = []
-            for _ in range(7):
-                cache.crop(4)
-                start = time.perf_counter()
-                decoder(token, cache)
-                times.append(time.perf_counter() - start)
-        known[n_rows] = sorted(times[2:])[2]  # the median of 5, after 2 warm-up passes
-    return known[n_rows]

@@ -1,4 +1,7 @@
-"""Verifiers: given the target's logits over the proposed positions, decide which draft tokens stand.
+"""Verifiers: given the target's logits over a proposal's positions, decide which draft tokens stand.
+
+A Verifier is one method, `verify(logits, tokens, proposal) -> Verdict`; asr/sequence_loop.py takes one,
+and asr/decoding.py registers each by the decoding strategy that uses it (VERIFIERS).
 
 Greedy verification is exact by construction: row i of the target's pass is the distribution p the target
 would have computed at that position in plain decoding (same prefix, same Whisper rules), so its filtered
@@ -10,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .logit_filters import LogitFilter, apply_filters
+from .drafting import Proposal
+from .logit_filters import LogitFilter, apply_filters, argmax_rows
 
 
 @dataclass
@@ -24,21 +29,20 @@ class Verdict:
     n_accepted: int  # how many draft tokens stood
 
 
-def argmax_rows(logits: Tensor) -> list[int]:
-    """Each row's argmax (the first of equal maxima, as torch.argmax gives). logits: shape = (n_rows,
-    n_vocab). On a CPU through NumPy: 6 us for a row of base's vocabulary, against 50-90 us for
-    torch.argmax (2 cores); a draft step and a verification pass each take one."""
-    if logits.device.type == "cpu":
-        return logits.detach().numpy().argmax(axis=-1).tolist()
-    return logits.argmax(dim=-1).tolist()
+class Verifier(Protocol):
+    def verify(self, logits: Tensor, tokens: list[int], proposal: Proposal) -> Verdict:
+        """logits: shape = (len(proposal.tokens) + 1, n_vocab), the target's unfiltered logits; row i
+        follows `tokens + proposal.tokens[:i]` (tokens: the committed sequence, prompt included). May edit
+        `logits` in place."""
+        ...
 
 
 class GreedyVerifier:
     def __init__(self, filters: Sequence[LogitFilter]) -> None:
         self.filters = filters
 
-    def verify(self, logits: Tensor, tokens: list[int], draft: list[int]) -> Verdict:
-        """logits: shape = (len(draft) + 1, n_vocab); row i follows `tokens + draft[:i]`. Edited in place."""
+    def verify(self, logits: Tensor, tokens: list[int], proposal: Proposal) -> Verdict:
+        draft = proposal.tokens
         prefixes = [tokens + draft[:i] for i in range(len(draft) + 1)]
         apply_filters(self.filters, logits, prefixes)
         chosen = argmax_rows(logits)

@@ -8,6 +8,7 @@ import time: the faster-whisper worker must not pay for torch.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ def _set_torch_threads(config: WorkerConfig) -> None:
 def _ours(draft: str, beam_size: int | None) -> Callable[[WorkerConfig], Runner]:
     def setup(config: WorkerConfig) -> Runner:
         _set_torch_threads(config)
-        from asr.drafting import make_drafter
+        from asr.draft_factory import make_drafter
         from asr.models import load_model
         from asr.transcribe import transcribe
 
@@ -72,13 +73,20 @@ def _ours(draft: str, beam_size: int | None) -> Callable[[WorkerConfig], Runner]
                 model, samples, draft=draft, beam_size=beam_size, language="en", timestamps=config.timestamps
             )
             stats = result.stats
-            keys = ("n_tokens", "draft", "draft_k", "beam_size", "target_passes", "proposed", "accepted")
-            extra = {k: stats.get(k) for k in keys}
-            extra["acceptance_rate"] = stats.get("acceptance_rate")
-            extra["tokens_per_target_pass"] = stats.get("tokens_per_target_pass")
-            extra["time_s"] = dict(stats["time_s"])
+            extra = {
+                "n_tokens": stats.n_tokens,
+                "draft": stats.draft,
+                "draft_k": stats.draft_k,
+                "beam_size": stats.beam_size,
+                "target_passes": stats.target_passes,
+                "proposed": stats.proposed,
+                "accepted": stats.accepted,
+                "acceptance_rate": stats.acceptance_rate,
+                "tokens_per_target_pass": stats.tokens_per_target_pass,
+                "time_s": dataclasses.asdict(stats.time_s),
+            }
             tokens = [t for s in result.segments for t in s.tokens if t < eot]
-            return Output(result.text, tokens, stats["time_s"]["decode"], extra)
+            return Output(result.text, tokens, stats.time_s.decode, extra)
 
         return run
 
@@ -97,7 +105,7 @@ def _limit(config: WorkerConfig) -> Runner:
     import torch
 
     from asr.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
-    from asr.drafting import make_drafter
+    from asr.draft_factory import make_drafter
     from asr.models import load_model
     from asr.transcribe import transcribe
 
@@ -128,19 +136,19 @@ def _limit(config: WorkerConfig) -> Runner:
     def run(samples: np.ndarray) -> Output:
         result = transcribe(model, samples, draft="self", language="en", timestamps=config.timestamps)
         stats = result.stats
-        times = stats["time_s"]
-        n_tokens = stats["n_tokens"]
-        k = max(1, round(stats["proposed"] / max(stats["target_passes"], 1)))
+        times = stats.time_s
+        n_tokens = stats.n_tokens
+        k = max(1, round(stats.proposed / max(stats.target_passes, 1)))
         one_pass = pass_time(samples, k + 1)
         passes_s = n_tokens / (k + 1) * one_pass
-        total = times["mel"] + times["encoder"] + passes_s
+        total = times.mel + times.encoder + passes_s
         extra = {
             "k": k,
             "n_tokens": n_tokens,
             "pass_s": one_pass,
-            "mel_s": times["mel"],
-            "encoder_s": times["encoder"],
-            "speculative_wall_s": times["total"] - times["load_audio"],
+            "mel_s": times.mel,
+            "encoder_s": times.encoder,
+            "speculative_wall_s": times.total - times.load_audio,
         }
         tokens = [t for s in result.segments for t in s.tokens if t < tok.eot]
         # The wall time of this "system" is the computed floor, not the time this function took.

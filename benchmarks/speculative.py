@@ -33,12 +33,12 @@ def run(model, samples, draft: str, draft_k: int | None, timestamps: bool, beam_
         model, samples, draft=draft, draft_k=draft_k, timestamps=timestamps, beam_size=beam_size
     )
     stats = result.stats
-    times = stats["time_s"]
+    times = stats.time_s
     return {
         "tokens": [s.tokens for s in result.segments],
         "text": result.text,
-        "decode": times["decode"],
-        "end_to_end": times["total"] - times["load_audio"],
+        "decode": times.decode,
+        "end_to_end": times.total - times.load_audio,
         "stats": stats,
     }
 
@@ -79,14 +79,14 @@ def main() -> None:
             "clip": entry["audio"],
             "kind": entry["kind"],
             "duration_s": entry["duration_s"],
-            "tokens": stats["n_tokens"],
+            "tokens": stats.n_tokens,
             "plain_decode_s": statistics.median(r["decode"] for r in plain),
             "spec_decode_s": statistics.median(r["decode"] for r in spec),
             "plain_e2e_s": statistics.median(r["end_to_end"] for r in plain),
             "spec_e2e_s": statistics.median(r["end_to_end"] for r in spec),
-            "acceptance_rate": stats["acceptance_rate"],
+            "acceptance_rate": stats.acceptance_rate,
             # greedy: tokens per target pass; beam search: beam steps per target pass
-            "per_pass": stats["beam_steps_per_target_pass" if args.beam_size else "tokens_per_target_pass"],
+            "per_pass": stats.beam_steps_per_target_pass if args.beam_size else stats.tokens_per_target_pass,
             "identical": all(r["tokens"] == plain[0]["tokens"] for r in plain + spec),
         }
         row["decode_speedup"] = row["plain_decode_s"] / row["spec_decode_s"]

@@ -35,6 +35,8 @@ from app.handlers import (  # noqa: E402
     write_downloads,
 )
 from app.ui import build_demo, launch_options  # noqa: E402
+from asr.figures import RunStats, StageTimes  # noqa: E402
+from asr.loop import PassRecord  # noqa: E402
 from asr.results import Segment, TranscriptionResult  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,17 +82,6 @@ def test_format_time():
     assert render.format_time(-1) == "0:00.00"
 
 
-def test_accepted_per_pass_reads_runs_of_drafted_tokens():
-    # pass 1: the target's own token; pass 2: 3 accepted + 1; pass 3: 0 accepted + 1; pass 4: 2 accepted, EOT
-    segments = [
-        segment([1, 2, 3], [False, True, True]),
-        segment([4, 5, 6, 7, 8], [True, False, False, True, True]),
-    ]
-    assert render.accepted_per_pass(segments) == [0, 3, 0, 2]
-    assert render.accepted_per_pass([segment([1, 2], [False, False])]) == [0, 0]
-    assert render.accepted_per_pass([]) == []
-
-
 def test_token_pieces_mark_origin_timestamps_and_whole_characters():
     tok = FakeTokenizer()
     # a window starting at 30 s: the segment's first timestamp <|1.00|> is at 31 s
@@ -118,36 +109,31 @@ def test_speculation_html_colours_each_token_and_escapes_text():
 
 
 def _stats(**overrides):
-    stats = {
-        "target": "base",
-        "draft": "self",
-        "draft_k": "adaptive",
-        "beam_size": None,
-        "device": "cpu",
-        "dtype": "float32",
-        "n_tokens": 27,
-        "proposed": 30,
-        "accepted": 22,
-        "acceptance_rate": 22 / 30,
-        "tokens_per_target_pass": 5.4,
-        "target_passes": 5,
-        "draft_passes": 30,
-        "tokens_per_s": 60.0,
-        "time_s": {
-            "load_audio": 0.01,
-            "mel": 0.02,
-            "encoder": 0.5,
-            "cross_kv": 0.01,
-            "draft": 0.2,
-            "target": 0.2,
-            "decode": 0.45,
-            "total": 1.0,
-        },
-        "speedup": 1.41,
-        "speedup_kind": "estimated",
-        "identical_to_target": None,
-    }
-    return stats | overrides
+    times = StageTimes(
+        load_audio=0.01, mel=0.02, encoder=0.5, cross_kv=0.01, draft=0.2, target=0.2, decode=0.45, total=1.0
+    )
+    figures = dict(
+        target="base",
+        draft="self",
+        draft_step="pytorch",
+        draft_k="adaptive",
+        beam_size=None,
+        device="cpu",
+        dtype="float32",
+        n_tokens=27,
+        proposed=30,
+        accepted=22,
+        acceptance_rate=22 / 30,
+        tokens_per_target_pass=5.4,
+        target_passes=5,
+        draft_passes=30,
+        tokens_per_s=60.0,
+        time_s=times,
+        speedup=1.41,
+        speedup_kind="estimated",
+        identical_to_target=None,
+    )
+    return RunStats(**(figures | overrides))
 
 
 def test_figures_html_labels_the_speedup_and_the_identity_check():
@@ -169,7 +155,9 @@ def test_figures_html_labels_the_speedup_and_the_identity_check():
     differs = render.figures_html(_stats(speedup_kind="measured", identical_to_target=False), 11.0, "en")
     assert ">NO<" in differs
     plain = render.figures_html(
-        _stats(draft="none", speedup=1.0, speedup_kind="baseline", acceptance_rate=None), 3.0, "de"
+        _stats(draft="none", draft_step=None, speedup=1.0, speedup_kind="baseline", acceptance_rate=None),
+        3.0,
+        "de",
     )
     assert "baseline" in plain and "no draft" in plain and "language de" in plain
     beam = render.figures_html(
@@ -180,7 +168,7 @@ def test_figures_html_labels_the_speedup_and_the_identity_check():
 
 
 def test_stage_times_show_every_stage_and_the_rest_of_the_loop():
-    page = render.stage_times_html(_stats()["time_s"])
+    page = render.stage_times_html(_stats().time_s)
     for _, label in render.STAGES:
         assert label in page
     assert "0.05 s" in page  # decode 0.45 - draft 0.2 - target 0.2
@@ -188,10 +176,19 @@ def test_stage_times_show_every_stage_and_the_rest_of_the_loop():
 
 
 def test_acceptance_figure_stacks_accepted_and_own_tokens():
-    figure = render.acceptance_figure([0, 3, 2], drafting=True)
+    # the prompt's pass (one token of the target's), a full accept of 3 and a bonus token, then 2 accepted
+    # with EOT the target's own (not a token of the transcript)
+    passes = [PassRecord(0, 0, 1), PassRecord(3, 3, 4), PassRecord(4, 2, 2)]
+    figure = render.acceptance_figure(passes, drafting=True)
     bars = figure.axes[0].patches
-    assert [b.get_height() for b in bars] == [0, 3, 2, 1, 1, 1]
+    assert [b.get_height() for b in bars] == [0, 3, 2, 1, 1, 0]
     assert [b.get_y() for b in bars[3:]] == [0, 3, 2]
+    assert figure.axes[0].get_ylabel() == "tokens"
+    beam = render.acceptance_figure(
+        [PassRecord(0, 0, 1), PassRecord(5, 4, 5)], drafting=True, beam_search=True
+    )
+    assert beam.axes[0].get_ylabel() == "beam steps"
+    assert [b.get_height() for b in beam.axes[0].patches] == [0, 4, 1, 1]
 
 
 def test_segments_html_lists_times_and_text():
@@ -261,7 +258,7 @@ def test_input_files_are_checked_before_any_model_loads(tmp_path, monkeypatch):
 
 
 def test_write_downloads_names_files_after_the_input(tmp_path):
-    result = TranscriptionResult("Hi there.", "en", [Segment(0, 0.0, 1.5, " Hi there.", [1, 2])], 1.5, {})
+    result = TranscriptionResult("Hi there.", "en", [Segment(0, 0.0, 1.5, " Hi there.", [1, 2])], 1.5, _stats())
     paths = [Path(p) for p in write_downloads(result, "my talk (1).wav", root=tmp_path)]
     assert [p.name for p in paths] == ["my_talk_1.txt", "my_talk_1.srt", "my_talk_1.vtt", "my_talk_1.json"]
     assert paths[0].read_text() == "Hi there.\n"
@@ -273,7 +270,7 @@ def test_write_downloads_names_files_after_the_input(tmp_path):
 
 
 def test_old_download_folders_are_removed(tmp_path):
-    result = TranscriptionResult("Hi.", "en", [], 1.0, {})
+    result = TranscriptionResult("Hi.", "en", [], 1.0, _stats())
     old = tmp_path / "request-old"
     old.mkdir()
     os.utime(old, (0, 0))
@@ -348,11 +345,17 @@ def test_transcribe_real_speech(speech_dir):
     assert "estimated" in out.figures and "not checked" in out.figures
     assert out.speculation.count("asr-tok-draft") > out.speculation.count("asr-tok-target") > 0
     assert "0:00.00 →" in out.segments
-    assert len(out.plot.axes[0].patches) >= 2
     files = {Path(p).suffix: Path(p) for p in out.files}
     assert sorted(files) == [".json", ".srt", ".txt", ".vtt"]
     assert all(p.stem == "jfk" for p in files.values())
-    assert normalize(json.loads(files[".json"].read_text())["text"]) == JFK_TEXT
+    data = json.loads(files[".json"].read_text())
+    assert normalize(data["text"]) == JFK_TEXT
+    # the plot is the loop's own record of its passes: two bars (accepted, the target's own) per pass
+    passes = data["stats"]["passes"]
+    assert len(out.plot.axes[0].patches) == 2 * len(passes) == 2 * data["stats"]["target_passes"]
+    heights = [round(b.get_height()) for b in out.plot.axes[0].patches]
+    assert heights[: len(passes)] == [accepted for _, accepted in passes]
+    assert sum(committed for committed, _ in passes) == data["stats"]["n_tokens"]
     assert " --> " in files[".srt"].read_text()
 
 

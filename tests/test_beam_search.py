@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -9,11 +11,12 @@ from hypothesis import strategies as st
 
 from asr.beam_search import BeamCandidate, BeamSearch, ProposalTree, rank
 from asr.decoding import DecodingOptions, DecodingTask
-from asr.drafting import DecoderDrafter, self_draft_decoder
+from asr.drafting import ModelDrafter, SelfDrafter
 from asr.errors import InvalidOptionError
 from asr.logit_filters import LogitFilter, apply_filters
+from asr.loop import K_START, DraftLength, PassCosts
 from asr.models import load_model
-from asr.speculative import K_START, DraftLength, PassCosts
+from asr.quantised import self_draft_decoder
 from asr.transcribe import TranscribeOptions, transcribe
 from tests.util import normalize, perturbed_decoder, random_dims, random_model
 
@@ -183,26 +186,26 @@ def test_beam_search_on_real_speech(speech_dir):
         "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your "
         "country."
     )
-    assert result.stats["beam_size"] == 5 and result.stats["draft"] == "self"
+    assert result.stats.beam_size == 5 and result.stats.draft == "self"
 
 
 # --- speculative beam search: the draft proposes a tree, the target replays beam selection on it ------------
 
 
 def _spec_run(m, options, features, drafter=None, k=None, eot_rate=0.0):
-    task = DecodingTask(m, options, "en")
+    task = DecodingTask(m, replace(options, draft_k=k), "en")
     if eot_rate:
         task.filters.append(EotBias(task.sample_begin, m.tokenizer.eot, eot_rate))
-    return task.run(features, None, drafter, DraftLength(k))
+    return task.run(features, None, drafter)
 
 
 def _drafts(m, seed):
     eot = m.tokenizer.eot
     return {
-        "perfect": DecoderDrafter("target", m.model.decoder, eot, share_cross=True),
-        "perturbed": DecoderDrafter("noisy", perturbed_decoder(m, 0.05, seed), eot, share_cross=True),
-        "random": DecoderDrafter("random", random_model(seed=seed + 50).model.decoder, eot),
-        "self-bf16": DecoderDrafter("self", self_draft_decoder(m, torch.bfloat16), eot, share_cross=True),
+        "perfect": SelfDrafter("target", m.model.decoder, eot),
+        "perturbed": SelfDrafter("noisy", perturbed_decoder(m, 0.05, seed), eot),
+        "random": ModelDrafter("random", random_model(seed=seed + 50).model.decoder, eot),
+        "self-bf16": SelfDrafter("self", self_draft_decoder(m, torch.bfloat16), eot),
     }
 
 
@@ -245,12 +248,12 @@ def test_speculative_beam_search_equals_plain_beam_search(
 def test_speculative_beam_search_equals_the_cache_free_reference(model):
     """Some beams end and others go on, patience > 1, timestamps: tokens and score as openai's decoder."""
     features = _features(model, 21)
-    options = DecodingOptions(timestamps=True, sample_len=16, beam_size=4, patience=1.5)
+    options = DecodingOptions(timestamps=True, sample_len=16, beam_size=4, patience=1.5, draft_k=4)
     task = DecodingTask(model, options, "en")
     task.filters.append(EotBias(task.sample_begin, model.tokenizer.eot, 0.5))
     expected_tokens, expected_logprob = reference_beam_search(task, features, 4, 1.5, None)
-    own = DecoderDrafter("target", model.model.decoder, model.tokenizer.eot, share_cross=True)
-    result = task.run(features, None, own, DraftLength(4))
+    own = SelfDrafter("target", model.model.decoder, model.tokenizer.eot)
+    result = task.run(features, None, own)
     assert result.tokens == expected_tokens and len(expected_tokens) >= 2
     assert result.sum_logprob == pytest.approx(expected_logprob, abs=1e-3)
     assert len(task.filters) and result.loop.n_accepted > 0
@@ -259,7 +262,7 @@ def test_speculative_beam_search_equals_the_cache_free_reference(model):
 def test_each_beam_token_says_whether_the_draft_proposed_it(model):
     features = _features(model, 5)
     options = DecodingOptions(timestamps=False, sample_len=16, beam_size=3)
-    own = DecoderDrafter("target", model.model.decoder, model.tokenizer.eot, share_cross=True)
+    own = SelfDrafter("target", model.model.decoder, model.tokenizer.eot)
     spec = _spec_run(model, options, features, own, k=4)
     plain = _spec_run(model, options, features)
     assert len(spec.loop.drafted) == len(spec.tokens) == len(plain.tokens)
@@ -283,7 +286,7 @@ def test_property_speculative_beam_equals_plain(seed, beam_size, k, timestamps, 
     features = _features(m, seed)
     options = DecodingOptions(timestamps=timestamps, sample_len=12, beam_size=beam_size)
     plain = _spec_run(m, options, features, eot_rate=eot_rate)
-    drafter = DecoderDrafter("draft", perturbed_decoder(m, noise, seed), m.tokenizer.eot, share_cross=True)
+    drafter = SelfDrafter("draft", perturbed_decoder(m, noise, seed), m.tokenizer.eot)
     spec = _spec_run(m, options, features, drafter, k, eot_rate)
     assert spec.tokens == plain.tokens
     assert spec.sum_logprob == pytest.approx(plain.sum_logprob, abs=1e-4)
@@ -349,11 +352,11 @@ def test_speculative_beam_on_real_speech_is_identical_to_plain_beam(speech_dir, 
         beam_size=beam_size, **overrides,
     )  # fmt: skip
     stats = result.stats
-    assert stats["identical_to_target"] is True and stats["speedup_kind"] == "measured"
-    assert stats["draft"] == "self" and stats["beam_size"] == beam_size
-    assert stats["beam_steps_per_target_pass"] > 2, stats
-    assert stats["acceptance_rate"] > 0.5, stats
-    assert stats["plain"]["target_passes"] > stats["target_passes"]
+    assert stats.identical_to_target is True and stats.speedup_kind == "measured"
+    assert stats.draft == "self" and stats.beam_size == beam_size
+    assert stats.beam_steps_per_target_pass > 2, stats
+    assert stats.acceptance_rate > 0.5, stats
+    assert stats.plain.target_passes > stats.target_passes
 
 
 def test_beam_drafting_stops_when_it_costs_more_than_plain_steps():

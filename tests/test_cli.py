@@ -83,28 +83,31 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int,
 
 
 class CountingTranscribe:
-    """Wraps the real `transcribe`, records the audio paths it is called with, optionally interrupts one."""
+    """Wraps the real `Transcriber.transcribe`, records the audio paths it is called with, optionally
+    interrupts one."""
 
     def __init__(self, real: Callable, interrupt_on_call: int | None = None) -> None:
         self.real = real
         self.interrupt_on_call = interrupt_on_call
         self.paths: list[Path] = []
 
-    def __call__(self, model, audio, *args, **kwargs):
+    def __call__(self, transcriber, audio):
         self.paths.append(Path(audio))
         if len(self.paths) == self.interrupt_on_call:
             raise KeyboardInterrupt
-        return self.real(model, audio, *args, **kwargs)
+        return self.real(transcriber, audio)
 
 
 @pytest.fixture
 def counting(monkeypatch: pytest.MonkeyPatch) -> Callable[..., CountingTranscribe]:
-    """Install a CountingTranscribe where cli.py finds it (it imports `asr.transcribe.transcribe` per run)."""
-    real = transcribe_module.transcribe
+    """Install a CountingTranscribe where cli.py finds it: the Transcriber it makes once per run."""
+    real = transcribe_module.Transcriber.transcribe
 
     def install(interrupt_on_call: int | None = None) -> CountingTranscribe:
         wrapper = CountingTranscribe(real, interrupt_on_call)
-        monkeypatch.setattr(transcribe_module, "transcribe", wrapper)
+        monkeypatch.setattr(
+            transcribe_module.Transcriber, "transcribe", lambda self, audio: wrapper(self, audio)
+        )
         return wrapper
 
     return install

@@ -25,15 +25,16 @@ import numpy as np
 import pytest
 import torch
 
-from asr import cli, drafting, native_draft
+from asr import cli, draft_factory, native_draft
 from asr.decoding import MAX_DRAFT_K, DecodingOptions, DecodingTask
-from asr.drafting import DecoderDrafter, make_drafter
+from asr.draft_factory import make_drafter
+from asr.drafting import DecoderDrafter, ModelDrafter, Proposal
 from asr.errors import IncompatibleModelsError, InvalidOptionError
+from asr.figures import RunStats, StageTimes, finish
 from asr.model import Whisper
 from asr.models import BUNDLED, LoadedModel, _package_file, load_model
-from asr.speculative import DraftLength
 from asr.tokenizer import Tokenizer
-from asr.transcribe import TranscribeOptions, TranscriptionInfo, _finish_stats, transcribe
+from asr.transcribe import TranscribeOptions, transcribe
 from tests.util import TINY_EN_TOKENIZER, random_dims, random_model, to_transformers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -126,18 +127,18 @@ class Recorder:
         self._propose = drafter.propose
         drafter.propose = self  # type: ignore[method-assign]
 
-    def __call__(self, tokens: list[int], k: int) -> list[int]:
+    def __call__(self, tokens: list[int], k: int) -> Proposal:
         proposal = self._propose(tokens, k)
-        if proposal:
-            self.proposals.append(list(proposal))
+        if proposal.tokens:
+            self.proposals.append(list(proposal.tokens))
         return proposal
 
 
 def plain_and_speculative(target, window, drafter, timestamps: bool, k: int | None):
     mel, features = window
-    options = DecodingOptions(timestamps=timestamps, sample_len=SAMPLE_LEN)
+    options = DecodingOptions(timestamps=timestamps, sample_len=SAMPLE_LEN, draft_k=k)
     plain = DecodingTask(target, options, "en").run(features)
-    speculative = DecodingTask(target, options, "en").run(features, mel, drafter, DraftLength(k))
+    speculative = DecodingTask(target, options, "en").run(features, mel, drafter)
     return plain, speculative
 
 
@@ -146,7 +147,7 @@ def plain_and_speculative(target, window, drafter, timestamps: bool, k: int | No
 
 def test_a_draft_sharing_the_targets_encoder_reuses_its_output(hf_dirs, target):
     drafter = make_drafter(hf_dirs["distil"], target)
-    assert isinstance(drafter, DecoderDrafter)
+    assert isinstance(drafter, ModelDrafter)
     assert drafter.name == hf_dirs["distil"]
     assert drafter.encoder is None, "distil-whisper's encoder is the target's: it must not run twice"
     assert len(drafter.decoder.blocks) == 1
@@ -155,7 +156,7 @@ def test_a_draft_sharing_the_targets_encoder_reuses_its_output(hf_dirs, target):
 @pytest.mark.parametrize("name", ["stranger", "nudged"])
 def test_a_draft_with_another_encoder_runs_its_own(hf_dirs, target, name):
     drafter = make_drafter(hf_dirs[name], target)
-    assert isinstance(drafter, DecoderDrafter)
+    assert isinstance(drafter, ModelDrafter)
     assert drafter.encoder is not None
     assert drafter.encoder is not target.model.encoder
 
@@ -221,11 +222,11 @@ def test_a_drafter_keeps_working_across_windows(hf_dirs, target):
         TranscribeOptions(compare=True, condition_on_previous_text=False),
     )
     stats = result.stats
-    assert stats["n_windows"] >= 2
-    assert stats["draft"] == hf_dirs["copy"]
-    assert stats["identical_to_target"] is True
-    assert stats["accepted"] == stats["proposed"] > 0
-    assert stats["target_passes"] < stats["plain"]["target_passes"]
+    assert stats.n_windows >= 2
+    assert stats.draft == hf_dirs["copy"]
+    assert stats.identical_to_target is True
+    assert stats.accepted == stats.proposed > 0
+    assert stats.plain is not None and stats.target_passes < stats.plain.target_passes
 
 
 # --- 2. incompatible drafts ---------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def test_a_draft_that_cannot_read_the_targets_mel_is_refused(hf_dirs, target):
 
 
 def test_an_empty_draft_name_is_an_option_error(target):
-    with pytest.raises(InvalidOptionError, match="'self', 'none', or a model name"):
+    with pytest.raises(InvalidOptionError, match="'none', 'self' or a model name"):
         make_drafter("", target)
 
 
@@ -257,7 +258,7 @@ def _bare_model(n_state: int, tokenizer: Tokenizer) -> LoadedModel:
 
 
 def test_the_self_draft_is_built_from_the_model_asked_for(monkeypatch):
-    monkeypatch.setattr(drafting, "_SELF_DECODERS", type(drafting._SELF_DECODERS)())
+    monkeypatch.setattr(draft_factory, "_SELF_DECODERS", type(draft_factory._SELF_DECODERS)())
     tokenizer = Tokenizer(TINY_EN_TOKENIZER, multilingual=False)
     for _ in range(20):
         old = Whisper(random_dims(n_state=8, n_head=2, n_layer=1, n_text_ctx=8, n_vocab=64))
@@ -268,7 +269,7 @@ def test_the_self_draft_is_built_from_the_model_asked_for(monkeypatch):
         new = Whisper(dims)
         if id(new) == address:
             break
-        drafting._SELF_DECODERS.clear()
+        draft_factory._SELF_DECODERS.clear()
         gc.collect()
     else:
         pytest.skip("CPython did not reuse the freed model's address")
@@ -304,7 +305,7 @@ def test_a_speculative_summary_line_gives_the_kind_of_its_speedup(hf_dirs, targe
         TranscribeOptions(compare=compare),
     )
     kind = "measured" if compare else "estimated"
-    assert result.stats["speedup_kind"] == kind
+    assert result.stats.speedup_kind == kind
     line = cli._summary_line("noise.wav", result.stats, result.duration_s)
     assert_speedups_labelled(line)
     assert f"({kind}, decode phase" in line
@@ -315,7 +316,7 @@ def test_a_speculative_summary_line_on_silence_says_nothing_was_decoded(hf_dirs,
     result = transcribe(
         target, np.zeros(16000 * 2, np.float32), DecodingOptions(draft=hf_dirs["distil"]), TranscribeOptions()
     )
-    assert result.stats["n_windows"] == 0
+    assert result.stats.n_windows == 0
     line = cli._summary_line("silence.wav", result.stats, result.duration_s)
     assert "speedup n/a (nothing decoded)" in line
     assert_speedups_labelled(line)
@@ -353,8 +354,8 @@ def test_cli_json_figures_of_the_default_self_draft(capsys, tmp_path, monkeypatc
 
     def counting(self, tokens, k):
         proposal = propose(self, tokens, k)
-        if proposal:
-            passes_with_a_proposal.append(len(proposal))
+        if proposal.tokens:
+            passes_with_a_proposal.append(len(proposal.tokens))
         return proposal
 
     monkeypatch.setattr(DecoderDrafter, "propose", counting)
@@ -403,20 +404,21 @@ def test_compare_counts_the_work_both_runs_share_at_its_faster_timing():
     first): the end-to-end ratio takes each shared stage at the faster of the two runs' timings."""
 
     def stats(mel, encoder, cross_kv, decode, total):
-        times = {"load_audio": 0.0, "mel": mel, "encoder": encoder, "cross_kv": cross_kv, "draft": 0.0}
-        times.update(target=decode, decode=decode, total=total)
-        return {
-            "time_s": times, "accepted_length_histogram": {}, "accepted": 0, "proposed": 0, "n_tokens": 10,
-            "target_passes": 10, "beam_size": None, "draft": "self", "n_windows": 1, "tokens_per_s": 10.0,
-        }  # fmt: skip
+        times = StageTimes(
+            mel=mel, encoder=encoder, cross_kv=cross_kv, target=decode, decode=decode, total=total
+        )
+        figures = RunStats("t", "self", "pytorch", "adaptive", None, "cpu", "float32", time_s=times)
+        figures.n_tokens, figures.target_passes, figures.n_windows = 10, 10, 1
+        return figures
 
-    plain = TranscriptionInfo("en", 1.0, 5.0, stats(0.1, 0.9, 0.2, 1.0, 2.2))
-    spec = TranscriptionInfo("en", 1.0, 5.0, stats(0.01, 0.5, 0.05, 0.5, 0.0))
-    _finish_stats(random_model(seed=1), spec, time.perf_counter() - 1.06, plain)  # spec's total: 1.06 s
-    got = spec.stats
-    assert got["speedup"] == pytest.approx(2.0)  # decode phase: as measured
+    plain = stats(0.1, 0.9, 0.2, 1.0, 2.2)
+    spec = stats(0.01, 0.5, 0.05, 0.5, 0.0)
+    finish(spec, random_model(seed=1), 5.0, time.perf_counter() - 1.06, plain, identical=True)  # 1.06 s
+    assert spec.speedup == pytest.approx(2.0)  # decode phase: as measured
     # plain: 2.2 s with its mel, encoder and projection at spec's 0.01, 0.5, 0.05 s: 1.56 s
-    assert got["speedup_end_to_end"] == pytest.approx(1.56 / 1.06, rel=0.01)
+    assert spec.speedup_end_to_end == pytest.approx(1.56 / 1.06, rel=0.01)
+    assert spec.speedup_kind == "measured" and spec.identical_to_target is True
+    assert spec.plain is not None and spec.plain.time_s is plain.time_s
 
 
 @pytest.mark.slow

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from asr.decoding import DecodingOptions, DecodingTask
-from asr.drafting import CastLinear, Int8Linear, cheap_linear, self_draft_decoder
+from asr.decoding import DecodingOptions, DecodingTask, check_options
 from asr.errors import InvalidOptionError
 from asr.logit_filters import ApplyTimestampRules, SuppressAtBegin, SuppressTokens
 from asr.model import Linear, cross_attend, linear_add, linear_gelu
+from asr.quantised import CastLinear, Int8Linear, cheap_linear, self_draft_decoder
 from asr.transcribe import _split_by_timestamps
 from tests.util import random_dims, random_model
 
@@ -280,7 +280,7 @@ def test_decoding_options_are_validated_with_allowed_values():
 
 def test_english_only_model_refuses_translation(tiny):
     with pytest.raises(InvalidOptionError, match="English-only"):
-        DecodingTask(tiny, DecodingOptions(task="translate"), "en")
+        check_options(tiny, DecodingOptions(task="translate"))
 
 
 @pytest.mark.parametrize("timestamps", [False, True])

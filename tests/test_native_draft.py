@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from asr import native_draft
 from asr.decoding import DecodingOptions, DecodingTask
-from asr.drafting import DecoderDrafter, make_drafter
+from asr.draft_factory import make_drafter
+from asr.drafting import NativeSelfDrafter
 from asr.model import Whisper
-from asr.speculative import DraftLength
 from tests.util import random_dims, random_model
 
 HAVE_COMPILER = bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
@@ -113,10 +113,11 @@ def test_feeding_several_tokens_equals_one_at_a_time():
 def test_make_drafter_uses_the_native_step_for_greedy_only():
     m = random_model(seed=8)
     greedy = make_drafter("self", m)
-    assert isinstance(greedy, DecoderDrafter) and greedy.native is not None
-    assert make_drafter("self", m).native is greedy.native  # built once per target
+    assert isinstance(greedy, NativeSelfDrafter) and greedy.step == "native"
+    again = make_drafter("self", m)
+    assert isinstance(again, NativeSelfDrafter) and again.native is greedy.native  # built once per target
     beams = make_drafter("self", m, beam_search=True)
-    assert isinstance(beams, DecoderDrafter) and beams.native is None
+    assert not isinstance(beams, NativeSelfDrafter) and beams.step == "pytorch"
 
 
 @needs_compiler
@@ -127,11 +128,11 @@ def test_a_bfloat16_target_drafts_in_pytorch_and_stays_lossless():
     m = dataclasses.replace(source, model=model)
     assert m.dtype == torch.bfloat16
     drafter = make_drafter("self", m)
-    assert isinstance(drafter, DecoderDrafter) and drafter.native is None
+    assert not isinstance(drafter, NativeSelfDrafter) and drafter.step == "pytorch"
     options = DecodingOptions(sample_len=12)
     features = _features(m).to(torch.bfloat16)
     plain, spec = (
-        DecodingTask(m, options, "en", None).run(features, None, d, DraftLength(None))
+        DecodingTask(m, options, "en", None).run(features, None, d)
         for d in (make_drafter("none", m), drafter)
     )
     assert spec.tokens == plain.tokens and spec.loop.n_proposed > 0
@@ -150,11 +151,11 @@ def test_native_self_draft_is_lossless(seed, n_head, scale, timestamps, k):
     """Whatever the kernel proposes, the transcript is the plain target's, token for token."""
     m = random_model(seed=seed, dims=random_dims(n_state=32, n_head=n_head), scale=scale)
     features = _features(m, seed)
-    options = DecodingOptions(timestamps=timestamps, sample_len=20)
-    plain = DecodingTask(m, options, "en", None).run(features, None, make_drafter("none", m), DraftLength(k))
+    options = DecodingOptions(timestamps=timestamps, sample_len=20, draft_k=k)
+    plain = DecodingTask(m, options, "en", None).run(features, None, make_drafter("none", m))
     drafter = make_drafter("self", m)
-    assert isinstance(drafter, DecoderDrafter) and drafter.native is not None
-    spec = DecodingTask(m, options, "en", None).run(features, None, drafter, DraftLength(k))
+    assert isinstance(drafter, NativeSelfDrafter)
+    spec = DecodingTask(m, options, "en", None).run(features, None, drafter)
     assert spec.tokens == plain.tokens
     assert spec.loop.n_proposed == 0 or spec.loop.n_accepted > 0 or len(plain.tokens) < 3
 
@@ -169,17 +170,16 @@ _PROBE = """
 import logging
 logging.basicConfig(level=logging.INFO)
 from asr.decoding import DecodingOptions, DecodingTask
-from asr.drafting import make_drafter
-from asr.speculative import DraftLength
+from asr.draft_factory import make_drafter
 from tests.test_native_draft import _features
 from tests.util import random_model
 m = random_model(seed=1, scale=4.0)
 options = DecodingOptions(sample_len=12)
 def run(draft):
-    return DecodingTask(m, options, "en", None).run(_features(m), None, draft, DraftLength(None))
+    return DecodingTask(m, options, "en", None).run(_features(m), None, draft)
 d = make_drafter("self", m)
 spec = run(d)
-print("native" if d.native else "pytorch", spec.tokens == run(make_drafter("none", m)).tokens)
+print(d.step, spec.tokens == run(make_drafter("none", m)).tokens)
 """
 
 
@@ -226,7 +226,7 @@ def test_concurrent_native_drafts_keep_to_their_own_windows():
 
     def decode(seed, draft="self"):
         task = DecodingTask(m, options, "en", None)
-        return task.run(_features(m, seed), None, make_drafter(draft, m), DraftLength(None)).tokens
+        return task.run(_features(m, seed), None, make_drafter(draft, m)).tokens
 
     plain = [decode(seed, "none") for seed in range(4)]
     with ThreadPoolExecutor(max_workers=4) as pool:

