@@ -284,4 +284,6 @@ class NativeSelfDrafter(SelfDrafter):
     def _step(self, pending: list[list[int]]) -> Tensor:
         assert self.native_window is not None, "start() first"
         (tokens,) = pending
-        return self.native_window.feed(tokens).clone()  # feed() reuses its buffer; a proposal keeps q's rows
+        # feed() reuses its buffer, and a proposal keeps q's rows: a copy (one memcpy; torch's clone may
+        # wake the thread pool for it)
+        return torch.from_numpy(self.native_window.feed(tokens).numpy().copy())
