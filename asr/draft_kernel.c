@@ -1,10 +1,10 @@
 /* One greedy step of the self draft (a cheap copy of the target's Whisper decoder) as a single call.
 
-   Why: the draft's step in PyTorch is ~300 small operations, each dispatched from Python; on 2 CPU cores
-   they cost 6.5-7.7 ms for base although the step reads only ~67 MB (49 MB of int8 weights, 18 MB of bf16
-   cross-attention keys/values), ~2.2 ms at this machine's ~30 GB/s. Here the whole step is one OpenMP
-   region, 2.1-2.7 ms: int8 matrix-vector products over groups of rows split between threads (AVX2 integer
-   products where the CPU has them, see gemv), attention split by head.
+   Why: the draft's step in PyTorch is ~300 small operations, each dispatched from Python. The step reads
+   only ~67 MB for base (49 MB of int8 weights, 18 MB of bf16 cross-attention keys/values), and reading them
+   is its floor; the PyTorch step takes well above it, mostly in dispatch. Here the whole step is one OpenMP
+   region, close to that floor: int8 matrix-vector products over groups of rows split between threads (AVX2
+   integer products where the CPU has them, see gemv), attention split by head. Figures: README, Speed.
 
    The draft only proposes: the target checks every token, so nothing here has to match the target's
    arithmetic. It rounds differently (fp32 activations, a polynomial exp, GELU's tanh form); what counts is
@@ -248,9 +248,8 @@ static inline void dot16_float(const int8_t *wg, const float *x, int n_in, float
 }
 #endif
 
-/* Whether this build has the fast (AVX2) products. Without them the portable loops take 13.6-18.9 ms for
-   base's step here, slower than the PyTorch draft: asr/native_draft.py then keeps the PyTorch draft unless
-   told otherwise. */
+/* Whether this build has the fast (AVX2) products. Without them the portable loops are slower than the
+   PyTorch draft (README, Speed): asr/native_draft.py then keeps the PyTorch draft unless told otherwise. */
 int asr_draft_fast(void) {
 #if defined(HAVE_AVX2)
     return 1;

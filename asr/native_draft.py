@@ -1,10 +1,10 @@
 """The self draft's greedy step as one native call (asr/draft_kernel.c), built at first use.
 
-In PyTorch, a greedy step of base's int8 self draft is ~300 small operations dispatched one by one: 6.5-7.7 ms
-on 2 cores, for a step that reads ~67 MB (2.2 ms at this machine's ~30 GB/s). The C kernel does the same step
-in one OpenMP region, in 2.1-2.7 ms. It is compiled once per machine with the C compiler found ($CC, else cc
-or gcc), cached beside the converted weights, and loaded after torch so that it shares torch's OpenMP thread
-pool.
+In PyTorch, a greedy step of the int8 self draft is ~300 small operations dispatched one by one, for a step
+that reads little memory (~67 MB for base): dispatch, not arithmetic or memory, sets its pace. The C kernel
+does the same step in one OpenMP region, near the time it takes to read those bytes (figures: README,
+Speed). It is compiled once per machine with the C compiler found ($CC, else cc or gcc), cached beside the
+converted weights, and loaded after torch so that it shares torch's OpenMP thread pool.
 
 The kernel owns its calling convention: it names the slots of its pointer tables and dims in their order
 (asr_draft_layout) and sizes its work space (asr_draft_work_size). Here each slot's name maps to a tensor
@@ -12,10 +12,10 @@ The kernel owns its calling convention: it names the slots of its pointer tables
 the build, and the self draft then runs in PyTorch.
 
 It needs AVX2 (x86-64 CPUs since 2013-2015) for its integer products; its portable loops, for other CPUs,
-take 13.6-18.9 ms a step of base here, more than the PyTorch draft's 6.5-7.7 ms. So the self draft runs in
-PyTorch, as before, where the CPU lacks AVX2, where the kernel cannot be built (no compiler, no OpenMP) or
-with `ASR_NATIVE_DRAFT=0`; `ASR_NATIVE_DRAFT=1` uses the kernel whatever the CPU (to measure it elsewhere).
-Either way the transcript is the same.
+are slower than the PyTorch draft. So the self draft runs in PyTorch, as before, where the CPU lacks AVX2,
+where the kernel cannot be built (no compiler, no OpenMP) or with `ASR_NATIVE_DRAFT=0`;
+`ASR_NATIVE_DRAFT=1` uses the kernel whatever the CPU (to measure it elsewhere). Either way the transcript
+is the same.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _compile(compiler: str, flags: Sequence[str], output: Path) -> None:
 
 def build(flags: Sequence[str] | None = None, directory: Path | None = None) -> ctypes.CDLL:
     """The kernel compiled with `flags` (default FLAGS) and loaded: from `directory` (default: the cache's
-    native/) if built there before by the same compiler for the same CPU, else compiled now (~1 s).
-    Raises OSError if it does not match this module (asr_draft_abi, check_layout)."""
+    native/) if built there before by the same compiler for the same CPU, else compiled now. Raises OSError
+    if it does not match this module (asr_draft_abi, check_layout)."""
     flags = FLAGS if flags is None else flags
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
