@@ -1,10 +1,10 @@
 /* One greedy step of the self draft (a cheap copy of the target's Whisper decoder) as a single call.
 
-   Why: the draft's step in PyTorch is ~300 small operations, each dispatched from Python; on 2 CPU cores
-   they cost 6.5-7.7 ms for base although the step reads only ~67 MB (49 MB of int8 weights, 18 MB of bf16
-   cross-attention keys/values), ~2.2 ms at this machine's ~30 GB/s. Here the whole step is one OpenMP
-   region, 2.1-2.7 ms: int8 matrix-vector products over groups of rows split between threads (AVX2 integer
-   products where the CPU has them, see gemv), attention split by head.
+   Why: the draft's step in PyTorch is ~300 small operations, each dispatched from Python. The step reads
+   only ~67 MB for base (49 MB of int8 weights, 18 MB of bf16 cross-attention keys/values), and reading them
+   is its floor; the PyTorch step takes well above it, mostly in dispatch. Here the whole step is one OpenMP
+   region, close to that floor: int8 matrix-vector products over groups of rows split between threads (AVX2
+   integer products where the CPU has them, see gemv), attention split by head. Figures: README, Speed.
 
    The draft only proposes: the target checks every token, so nothing here has to match the target's
    arithmetic. It rounds differently (fp32 activations, a polynomial exp, GELU's tanh form); what counts is
@@ -12,7 +12,11 @@
 
    Built at first use by asr/native_draft.py with the machine's C compiler (-O3 -march=native -fopenmp) and
    loaded into the Python process after torch, so its OpenMP regions run on torch's own thread pool (the
-   same libgomp.so.1), not on a second pool competing for the same cores. */
+   same libgomp.so.1), not on a second pool competing for the same cores.
+
+   The kernel owns its calling convention: the order of its pointer tables and dims (asr_draft_layout, by
+   name) and the size of its work space (asr_draft_work_size). asr/native_draft.py fills the tables by those
+   names and allocates what asr_draft_work_size asks for, so neither is written down twice. */
 
 #include <math.h>
 #include <stdint.h>
@@ -21,7 +25,13 @@
 #include <immintrin.h>
 #endif
 
-/* Pointers per decoder layer, in this order (asr/native_draft.py builds the table). */
+/* The version of the exported functions' signatures (asr/native_draft.py declares them to ctypes, and
+   checks this first): bump it when one changes. */
+#define ABI_VERSION 2
+
+int asr_draft_abi(void) { return ABI_VERSION; }
+
+/* Pointers per decoder layer, in this order (names below). */
 enum {
     /* a linear layer is three pointers: packed int8 weights, then float32 scales and biases */
     ATTN_LN_W, ATTN_LN_B, QKV, OUT = QKV + 3,
@@ -40,7 +50,92 @@ enum { TOKEN_EMB, POS_EMB, LN_W, LN_B, HEAD, N_GLOBAL_PTRS = HEAD + 2 /* the hea
 /* Integers describing the model. */
 enum { N_LAYER, D_MODEL, N_HEAD, D_FF, N_VOCAB, N_AUDIO_CTX, N_CTX, N_DIMS };
 
-int asr_draft_abi(void) { return (N_LAYER_PTRS << 16) | (N_GLOBAL_PTRS << 8) | N_DIMS; }
+/* The slots' names, for asr/native_draft.py, which fills the tables by name; indexed by the enums above, so
+   the order is theirs alone. A linear layer's slots are "<layer>.int8" (packed as below, see GROUP),
+   "<layer>.scale" and "<layer>.bias"; the layers are named after the PyTorch decoder's modules. */
+static const char *const LAYER_NAMES[N_LAYER_PTRS] = {
+    [ATTN_LN_W] = "attn_ln.weight",
+    [ATTN_LN_B] = "attn_ln.bias",
+    [QKV] = "attn.qkv.int8",
+    [QKV + 1] = "attn.qkv.scale",
+    [QKV + 2] = "attn.qkv.bias",
+    [OUT] = "attn.out.int8",
+    [OUT + 1] = "attn.out.scale",
+    [OUT + 2] = "attn.out.bias",
+    [CROSS_LN_W] = "cross_attn_ln.weight",
+    [CROSS_LN_B] = "cross_attn_ln.bias",
+    [CQ] = "cross_attn.q.int8",
+    [CQ + 1] = "cross_attn.q.scale",
+    [CQ + 2] = "cross_attn.q.bias",
+    [COUT] = "cross_attn.out.int8",
+    [COUT + 1] = "cross_attn.out.scale",
+    [COUT + 2] = "cross_attn.out.bias",
+    [MLP_LN_W] = "mlp_ln.weight",
+    [MLP_LN_B] = "mlp_ln.bias",
+    [FC1] = "fc1.int8",
+    [FC1 + 1] = "fc1.scale",
+    [FC1 + 2] = "fc1.bias",
+    [FC2] = "fc2.int8",
+    [FC2 + 1] = "fc2.scale",
+    [FC2 + 2] = "fc2.bias",
+    [CROSS_KT] = "cross_kt",
+    [CROSS_V] = "cross_v",
+    [SELF_K] = "self_k",
+    [SELF_V] = "self_v",
+};
+
+static const char *const GLOBAL_NAMES[N_GLOBAL_PTRS] = {
+    [TOKEN_EMB] = "token_embedding.weight",
+    [POS_EMB] = "positional_embedding",
+    [LN_W] = "ln.weight",
+    [LN_B] = "ln.bias",
+    [HEAD] = "head.int8", /* the token embedding, quantised: Whisper ties its head to it */
+    [HEAD + 1] = "head.scale",
+};
+
+static const char *const DIMS_NAMES[N_DIMS] = {
+    [N_LAYER] = "n_layer",
+    [D_MODEL] = "d_model",
+    [N_HEAD] = "n_head",
+    [D_FF] = "d_ff",
+    [N_VOCAB] = "n_vocab",
+    [N_AUDIO_CTX] = "n_audio_ctx",
+    [N_CTX] = "n_ctx",
+};
+
+/* The names of `table`'s slots in order (0: the per-layer table, 1: the shared one, 2: dims), through
+   `names`; returns their number, or -1 (and `names` untouched) for no such table. */
+int asr_draft_layout(int table, const char *const **names) {
+    switch (table) {
+    case 0: *names = LAYER_NAMES; return N_LAYER_PTRS;
+    case 1: *names = GLOBAL_NAMES; return N_GLOBAL_PTRS;
+    case 2: *names = DIMS_NAMES; return N_DIMS;
+    default: return -1;
+    }
+}
+
+/* Where asr_draft_step's scratch arrays start in its work space, in floats, and where the last one ends:
+   the token's state x, its layer norm h, the fused q, k, v (3 d_model), an attention output, the MLP's
+   hidden layer (d_ff), and one row of scores per head (as long as the longer of the two contexts). */
+struct scratch { size_t x, h, qkv, att, f, scores, end; };
+
+static struct scratch scratch_of(const int *dims) {
+    const size_t d = (size_t)dims[D_MODEL], d_ff = (size_t)dims[D_FF], n_head = (size_t)dims[N_HEAD];
+    const size_t span = (size_t)(dims[N_AUDIO_CTX] > dims[N_CTX] ? dims[N_AUDIO_CTX] : dims[N_CTX]);
+    struct scratch s;
+    s.x = 0;
+    s.h = s.x + d;
+    s.qkv = s.h + d;
+    s.att = s.qkv + 3 * d;
+    s.f = s.att + d;
+    s.scores = s.f + d_ff;
+    s.end = s.scores + n_head * span;
+    return s;
+}
+
+/* The floats asr_draft_step's `work` must hold for a model of these dims:
+   6 * d_model + d_ff + n_head * max(n_audio_ctx, n_ctx). */
+size_t asr_draft_work_size(const int *dims) { return scratch_of(dims).end; }
 
 static inline float bf16_to_f32(uint16_t h) {
     union { uint32_t u; float f; } v;
@@ -153,9 +248,8 @@ static inline void dot16_float(const int8_t *wg, const float *x, int n_in, float
 }
 #endif
 
-/* Whether this build has the fast (AVX2) products. Without them the portable loops take 13.6-18.9 ms for
-   base's step here, slower than the PyTorch draft: asr/native_draft.py then keeps the PyTorch draft unless
-   told otherwise. */
+/* Whether this build has the fast (AVX2) products. Without them the portable loops are slower than the
+   PyTorch draft (README, Speed): asr/native_draft.py then keeps the PyTorch draft unless told otherwise. */
 int asr_draft_fast(void) {
 #if defined(HAVE_AVX2)
     return 1;
@@ -205,7 +299,7 @@ static void softmax(float *scores, int n) {
 
 /* Feed `token` at position `pos` (the draft's cache holds positions < pos): its keys/values go into the
    cache, and if `logits` is not NULL the next-token logits (n_vocab floats) are written there.
-   work: at least 6 * d_model + d_ff + n_head * max(n_audio_ctx, n_ctx) floats. */
+   work: asr_draft_work_size(dims) floats. */
 void asr_draft_step(const void *const *layers, const void *const *globals, const int *dims, int token,
                     int pos, float *logits, float *work, int n_threads) {
     const int n_layer = dims[N_LAYER], d = dims[D_MODEL], n_head = dims[N_HEAD], d_ff = dims[D_FF];
@@ -213,7 +307,9 @@ void asr_draft_step(const void *const *layers, const void *const *globals, const
     const int dh = d / n_head;
     const int span = n_audio > n_ctx ? n_audio : n_ctx;
     const float scale = 1.0f / sqrtf((float)dh);
-    float *x = work, *h = x + d, *qkv = h + d, *att = qkv + 3 * d, *f = att + d, *scores = f + d_ff;
+    const struct scratch s = scratch_of(dims);
+    float *x = work + s.x, *h = work + s.h, *qkv = work + s.qkv, *att = work + s.att, *f = work + s.f;
+    float *scores = work + s.scores;
 
     const float *tok = (const float *)globals[TOKEN_EMB] + (size_t)token * d;
     const float *pe = (const float *)globals[POS_EMB] + (size_t)pos * d;

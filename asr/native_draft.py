@@ -1,21 +1,27 @@
 """The self draft's greedy step as one native call (asr/draft_kernel.c), built at first use.
 
-In PyTorch, a greedy step of base's int8 self draft is ~300 small operations dispatched one by one: 6.5-7.7 ms
-on 2 cores, for a step that reads ~67 MB (2.2 ms at this machine's ~30 GB/s). The C kernel does the same step
-in one OpenMP region, in 2.1-2.7 ms. It is compiled once per machine with the C compiler found ($CC, else cc
-or gcc), cached beside the converted weights, and loaded after torch so that it shares torch's OpenMP thread
-pool.
+In PyTorch, a greedy step of the int8 self draft is ~300 small operations dispatched one by one, for a step
+that reads little memory (~67 MB for base): dispatch, not arithmetic or memory, sets its pace. The C kernel
+does the same step in one OpenMP region, near the time it takes to read those bytes (figures: README,
+Speed). It is compiled once per machine with the C compiler found ($CC, else cc or gcc), cached beside the
+converted weights, and loaded after torch so that it shares torch's OpenMP thread pool.
+
+The kernel owns its calling convention: it names the slots of its pointer tables and dims in their order
+(asr_draft_layout) and sizes its work space (asr_draft_work_size). Here each slot's name maps to a tensor
+(or a dimension), and the tables are those in the kernel's order; a name this module does not know stops
+the build, and the self draft then runs in PyTorch.
 
 It needs AVX2 (x86-64 CPUs since 2013-2015) for its integer products; its portable loops, for other CPUs,
-take 13.6-18.9 ms a step of base here, more than the PyTorch draft's 6.5-7.7 ms. So the self draft runs in
-PyTorch, as before, where the CPU lacks AVX2, where the kernel cannot be built (no compiler, no OpenMP) or
-with `ASR_NATIVE_DRAFT=0`; `ASR_NATIVE_DRAFT=1` uses the kernel whatever the CPU (to measure it elsewhere).
-Either way the transcript is the same.
+are slower than the PyTorch draft. So the self draft runs in PyTorch, as before, where the CPU lacks AVX2,
+where the kernel cannot be built (no compiler, no OpenMP) or with `ASR_NATIVE_DRAFT=0`;
+`ASR_NATIVE_DRAFT=1` uses the kernel whatever the CPU (to measure it elsewhere). Either way the transcript
+is the same.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -24,22 +30,23 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .kv_cache import KVCache
-from .model import DecoderBlock, TextDecoder
+from .model import DecoderBlock, ModelDims, TextDecoder
 from .weights import cache_dir
 
 logger = logging.getLogger("asr")
 
 SOURCE = Path(__file__).with_name("draft_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
-# The kernel's table sizes (asr_draft_abi in draft_kernel.c): pointers per layer, global pointers, dims.
-N_LAYER_PTRS, N_GLOBAL_PTRS, N_DIMS = 28, 6, 7
+# The version of the kernel's exported signatures that the declarations in build() follow (asr_draft_abi).
+ABI = 2
 GROUP = 16  # rows per packed group (draft_kernel.c)
 
 _LOCK = threading.Lock()
@@ -72,7 +79,8 @@ def _compile(compiler: str, flags: Sequence[str], output: Path) -> None:
 
 def build(flags: Sequence[str] | None = None, directory: Path | None = None) -> ctypes.CDLL:
     """The kernel compiled with `flags` (default FLAGS) and loaded: from `directory` (default: the cache's
-    native/) if built there before by the same compiler for the same CPU, else compiled now (~1 s)."""
+    native/) if built there before by the same compiler for the same CPU, else compiled now. Raises OSError
+    if it does not match this module (asr_draft_abi, check_layout)."""
     flags = FLAGS if flags is None else flags
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
@@ -91,14 +99,56 @@ def build(flags: Sequence[str] | None = None, directory: Path | None = None) -> 
             _compile(compiler, flags, path)
         logger.info("built the native draft step: %s", path)
     lib = ctypes.CDLL(str(path))
-    abi = (N_LAYER_PTRS << 16) | (N_GLOBAL_PTRS << 8) | N_DIMS
-    if lib.asr_draft_abi() != abi:
+    if lib.asr_draft_abi() != ABI:
         raise OSError(f"{path} does not match this version of asr")
+    lib.asr_draft_layout.restype = ctypes.c_int
+    lib.asr_draft_layout.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.POINTER(ctypes.c_char_p))]
+    lib.asr_draft_work_size.restype = ctypes.c_size_t
+    lib.asr_draft_work_size.argtypes = [ctypes.c_void_p]
     lib.asr_draft_step.restype = None
     lib.asr_draft_step.argtypes = (
         [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
     )
+    check_layout(layout(lib))
     return lib
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The kernel's tables as it names their slots, in its order (asr_draft_layout in draft_kernel.c)."""
+
+    layer: tuple[str, ...]  # per decoder layer: its weights and a window's tensors (cache, cross keys/values)
+    shared: tuple[str, ...]  # the weights all layers share
+    dims: tuple[str, ...]  # the model's integers
+
+
+def layout(lib: ctypes.CDLL) -> Layout:
+    """The slot names the kernel `lib` exports, per table, in order."""
+
+    def table(index: int) -> tuple[str, ...]:
+        names = ctypes.POINTER(ctypes.c_char_p)()
+        n = lib.asr_draft_layout(index, ctypes.byref(names))
+        if n < 0:
+            raise OSError(f"the native draft step has no table {index}")
+        if any(names[i] is None for i in range(n)):
+            raise OSError(f"the native draft step leaves a slot of table {index} unnamed")
+        return tuple(names[i].decode() for i in range(n))
+
+    return Layout(layer=table(0), shared=table(1), dims=table(2))
+
+
+def check_layout(kernel: Layout) -> None:
+    """Raise OSError (so that library() falls back to the PyTorch draft) if the kernel names a slot this
+    module does not fill: a kernel newer than its Python side must not run on tables it misreads."""
+    filled = _filled()
+    unknown = [
+        f"{table} {name!r}"
+        for table in ("layer", "shared", "dims")
+        for name in getattr(kernel, table)
+        if name not in getattr(filled, table)
+    ]
+    if unknown:
+        raise OSError(f"the native draft step names slots asr does not fill: {', '.join(unknown)}")
 
 
 def library() -> ctypes.CDLL | None:
@@ -152,6 +202,107 @@ def quantise_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     return (weight / scale[:, None]).round().to(torch.int8), scale
 
 
+def _f32(t: Tensor) -> Tensor:
+    t = t.detach()
+    return (t.to_dense() if t.is_mkldnn else t).float().contiguous()
+
+
+def _norm(name: str, norm: nn.LayerNorm) -> dict[str, Tensor]:
+    return {f"{name}.weight": _f32(norm.weight), f"{name}.bias": _f32(norm.bias)}
+
+
+def _int8(name: str, weight: Tensor, bias: Tensor | None = None) -> dict[str, Tensor]:
+    """A linear layer's slots: its weights quantised (quantise_int8) and packed (pack_int8), their scales,
+    and its biases (none for the head)."""
+    q, scale = quantise_int8(_f32(weight))
+    slots = {f"{name}.int8": pack_int8(q), f"{name}.scale": scale}
+    if bias is not None:
+        slots[f"{name}.bias"] = _f32(bias)
+    return slots
+
+
+def _linear(name: str, linear: nn.Linear) -> dict[str, Tensor]:
+    bias = linear.bias if linear.bias is not None else torch.zeros(linear.weight.shape[0])
+    return _int8(name, linear.weight, bias)
+
+
+def _layer_weights(block: DecoderBlock) -> dict[str, Tensor]:
+    """A decoder layer's weights by the kernel's slot names (the target's own tensors where float32)."""
+    return {
+        **_norm("attn_ln", block.attn_ln),
+        **_linear("attn.qkv", block.attn.qkv),
+        **_linear("attn.out", block.attn.out),
+        **_norm("cross_attn_ln", block.cross_attn_ln),
+        **_linear("cross_attn.q", block.cross_attn.q),
+        **_linear("cross_attn.out", block.cross_attn.out),
+        **_norm("mlp_ln", block.mlp_ln),
+        **_linear("fc1", block.fc1),
+        **_linear("fc2", block.fc2),
+    }
+
+
+def _shared_weights(decoder: TextDecoder) -> dict[str, Tensor]:
+    """The weights all layers share, by the kernel's slot names."""
+    return {
+        "token_embedding.weight": _f32(decoder.token_embedding.weight),
+        "positional_embedding": _f32(decoder.positional_embedding),
+        **_norm("ln", decoder.ln),
+        **_int8("head", decoder.token_embedding.weight),  # Whisper's head is its token embedding
+    }
+
+
+def _window_slots(
+    layer: int, cache: KVCache, cross_kt: list[Tensor], cross_v: list[Tensor]
+) -> dict[str, Tensor]:
+    """A window's own tensors in a layer's table (NativeWindow's)."""
+    return {
+        "cross_kt": cross_kt[layer],
+        "cross_v": cross_v[layer],
+        "self_k": cache.self_k[layer, 0],
+        "self_v": cache.self_v[layer, 0],
+    }
+
+
+# The model's integers by the kernel's names for them (its dims table).
+DIMS: dict[str, Callable[[ModelDims], int]] = {
+    "n_layer": lambda dims: dims.n_text_layer,
+    "d_model": lambda dims: dims.n_text_state,
+    "n_head": lambda dims: dims.n_text_head,
+    "d_ff": lambda dims: 4 * dims.n_text_state,
+    "n_vocab": lambda dims: dims.n_vocab,
+    "n_audio_ctx": lambda dims: dims.n_audio_ctx,
+    "n_ctx": lambda dims: dims.n_text_ctx,
+}
+
+
+@functools.cache
+def _filled() -> Layout:
+    """The names this module fills, per table, read off the functions above for a one-layer toy decoder (a
+    few kB, built once): those functions stay the only list of them here. The order is not Python's to say."""
+    toy = TextDecoder(
+        ModelDims(
+            n_mels=1,
+            n_audio_ctx=1,
+            n_audio_state=1,
+            n_audio_head=1,
+            n_audio_layer=1,
+            n_vocab=1,
+            n_text_ctx=1,
+            n_text_state=1,
+            n_text_head=1,
+            n_text_layer=1,
+        )
+    )
+    block = toy.blocks[0]
+    assert isinstance(block, DecoderBlock)
+    window = _window_slots(0, toy.cache_with_cross([], [], 1), [torch.empty(0)], [torch.empty(0)])
+    return Layout(
+        layer=(*_layer_weights(block), *window),
+        shared=tuple(_shared_weights(toy)),
+        dims=tuple(DIMS),
+    )
+
+
 class NativeDraft:
     """The self draft of a target decoder for draft_kernel.c: its linear layers and vocabulary head in int8
     (quantise_int8, packed by pack_int8), the rest (embeddings, layer norms) read from the target itself.
@@ -161,59 +312,19 @@ class NativeDraft:
 
     def __init__(self, decoder: TextDecoder, lib: ctypes.CDLL) -> None:
         self.lib = lib
-        dims = decoder.dims
-        self.n_vocab = dims.n_vocab
-        self.dims = (ctypes.c_int * N_DIMS)(
-            dims.n_text_layer,
-            dims.n_text_state,
-            dims.n_text_head,
-            4 * dims.n_text_state,
-            dims.n_vocab,
-            dims.n_audio_ctx,
-            dims.n_text_ctx,
-        )
-        # x, h, qkv (3 d), att, the MLP's hidden (4 d), and one row of scores per head
-        self.work_size = 10 * dims.n_text_state + dims.n_text_head * max(dims.n_audio_ctx, dims.n_text_ctx)
-
-        def f32(t: Tensor) -> Tensor:
-            t = t.detach()
-            return (t.to_dense() if t.is_mkldnn else t).float().contiguous()
-
-        def int8(linear: nn.Linear) -> list[Tensor]:
-            weight = f32(linear.weight)
-            bias = linear.bias if linear.bias is not None else torch.zeros(weight.shape[0])
-            q, scale = quantise_int8(weight)
-            return [pack_int8(q), scale, f32(bias)]
-
-        # these lists hold every tensor the pointer tables point into (the target's own where it is float32)
-        self.layers: list[list[Tensor]] = []
+        self.layout = layout(lib)
+        check_layout(self.layout)
+        self.n_vocab = decoder.dims.n_vocab
+        dims = [DIMS[name](decoder.dims) for name in self.layout.dims]
+        self.dims = (ctypes.c_int * len(dims))(*dims)
+        self.work_size: int = lib.asr_draft_work_size(self.dims)
+        # these hold every tensor the pointer tables point into (the target's own where it is float32)
+        self.layers: list[dict[str, Tensor]] = []
         for block in decoder.blocks:
             assert isinstance(block, DecoderBlock)
-            self.layers.append(
-                [
-                    f32(block.attn_ln.weight),
-                    f32(block.attn_ln.bias),
-                    *int8(block.attn.qkv),
-                    *int8(block.attn.out),
-                    f32(block.cross_attn_ln.weight),
-                    f32(block.cross_attn_ln.bias),
-                    *int8(block.cross_attn.q),
-                    *int8(block.cross_attn.out),
-                    f32(block.mlp_ln.weight),
-                    f32(block.mlp_ln.bias),
-                    *int8(block.fc1),
-                    *int8(block.fc2),
-                ]
-            )
-        head, head_scale = quantise_int8(decoder.token_embedding.weight)
-        self.globals = [
-            f32(decoder.token_embedding.weight),
-            f32(decoder.positional_embedding),
-            f32(decoder.ln.weight),
-            f32(decoder.ln.bias),
-            pack_int8(head),
-            head_scale,
-        ]
+            self.layers.append(_layer_weights(block))
+        shared = _shared_weights(decoder)
+        self.globals = [shared[name] for name in self.layout.shared]
         self.global_table = _pointers(self.globals)
 
     def window(self, cache: KVCache, cross_k: list[Tensor], cross_v: list[Tensor]) -> NativeWindow:
@@ -237,13 +348,8 @@ class NativeWindow:
         self.cross_v = [v[0].to(torch.bfloat16).contiguous() for v in cross_v]
         table: list[Tensor] = []
         for layer, weights in enumerate(draft.layers):
-            table += weights
-            table += [
-                self.cross_kt[layer],
-                self.cross_v[layer],
-                cache.self_k[layer, 0],
-                cache.self_v[layer, 0],
-            ]
+            slots = {**weights, **_window_slots(layer, cache, self.cross_kt, self.cross_v)}
+            table += [slots[name] for name in draft.layout.layer]
         self.table = _pointers(table)
         self.work = torch.empty(draft.work_size)
         self.logits = torch.empty(1, draft.n_vocab)

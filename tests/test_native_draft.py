@@ -64,6 +64,99 @@ def test_the_kernel_builds_here():
 
 
 @needs_compiler
+def test_python_fills_exactly_the_slots_the_kernel_names():
+    """The kernel alone orders its tables (asr_draft_layout); Python fills each slot by its name."""
+    lib = native_draft.build()
+    kernel = native_draft.layout(lib)
+    for names in (kernel.layer, kernel.shared, kernel.dims):
+        assert names and len(set(names)) == len(names)
+    m = random_model(seed=11)
+    decoder = m.model.decoder
+    draft = native_draft.NativeDraft(decoder, lib)
+    with torch.inference_mode():
+        cache = decoder.new_cache(_features(m), 1)
+        window = draft.window(cache, cache.cross_k, cache.cross_v)
+    own = [
+        native_draft._window_slots(i, cache, window.cross_kt, window.cross_v)
+        for i in range(m.dims.n_text_layer)
+    ]
+    assert set(draft.layers[0]) | set(own[0]) == set(kernel.layer) and not set(draft.layers[0]) & set(own[0])
+    shared = native_draft._shared_weights(decoder)
+    assert set(shared) == set(kernel.shared)
+    assert set(native_draft.DIMS) == set(kernel.dims)
+    filled = native_draft._filled()  # what build() checks a kernel against
+    assert [set(filled.layer), set(filled.shared), set(filled.dims)] == [
+        set(kernel.layer),
+        set(kernel.shared),
+        set(kernel.dims),
+    ]
+    # the tables follow the kernel's order, by name
+    for layer, weights in enumerate(draft.layers):
+        slots = {**weights, **own[layer]}
+        for i, name in enumerate(kernel.layer):
+            assert window.table[layer * len(kernel.layer) + i] == slots[name].data_ptr(), name
+    for i, name in enumerate(kernel.shared):
+        assert draft.global_table[i] == draft.globals[i].data_ptr()
+        assert torch.equal(draft.globals[i], shared[name]), name
+    assert dict(zip(kernel.dims, draft.dims, strict=True)) == {
+        "n_layer": m.dims.n_text_layer,
+        "d_model": m.dims.n_text_state,
+        "n_head": m.dims.n_text_head,
+        "d_ff": 4 * m.dims.n_text_state,
+        "n_vocab": m.dims.n_vocab,
+        "n_audio_ctx": m.dims.n_audio_ctx,
+        "n_ctx": m.dims.n_text_ctx,
+    }
+
+
+@needs_compiler
+@pytest.mark.parametrize("n_audio_ctx", [8, 24])  # score rows as long as the audio, or as the text
+def test_the_kernels_work_size_is_what_a_step_uses(n_audio_ctx):
+    """asr_draft_work_size gives at least its comment's formula, no step writes past it, and steps over the
+    whole context write its last float: the size is the step's own."""
+    dims = dataclasses.replace(random_dims(n_state=32, n_head=2, n_text_ctx=16), n_audio_ctx=n_audio_ctx)
+    m = random_model(seed=12, dims=dims, scale=4.0)
+    draft = native_draft.NativeDraft(m.model.decoder, native_draft.build())
+    d, d_ff = dims.n_text_state, 4 * dims.n_text_state
+    assert draft.work_size >= 6 * d + d_ff + dims.n_text_head * max(n_audio_ctx, dims.n_text_ctx)
+    tokens = [m.tokenizer.sot, *range(200, 200 + dims.n_text_ctx - 1)]  # every position of the context
+    features = _features(m, 5)
+    decoder = m.model.decoder
+    with torch.inference_mode():
+        roomy_cache, cache = decoder.new_cache(features, 1), decoder.new_cache(features, 1)
+        roomy = draft.window(roomy_cache, roomy_cache.cross_k, roomy_cache.cross_v)
+        roomy.work = torch.zeros(4 * draft.work_size)
+        exact = draft.window(cache, cache.cross_k, cache.cross_v)
+        guarded = torch.full((draft.work_size + 64,), float("nan"))
+        exact.work = guarded[: draft.work_size]
+        for token in tokens:
+            assert torch.equal(exact.feed([token]), roomy.feed([token]))
+    assert guarded[draft.work_size :].isnan().all()  # nothing written past the size
+    assert not guarded[draft.work_size - 1].isnan()  # and all of it used
+
+
+@needs_compiler
+def test_a_kernel_naming_an_unknown_slot_is_refused(tmp_path, monkeypatch):
+    """A kernel whose tables Python cannot fill is refused at build with the slot's name, and the self draft
+    runs in PyTorch (one warning line)."""
+    source = tmp_path / "draft_kernel.c"
+    text = native_draft.SOURCE.read_text()
+    assert text.count('"fc2.bias"') == 1
+    source.write_text(text.replace('"fc2.bias"', '"fc2.bias_v2"'))
+    monkeypatch.setattr(native_draft, "SOURCE", source)
+    with pytest.raises(OSError, match=r"names slots asr does not fill: layer 'fc2\.bias_v2'"):
+        native_draft.build(native_draft.FLAGS, tmp_path / "native")
+    patch = (
+        f"from pathlib import Path\nfrom asr import native_draft\nnative_draft.SOURCE = Path({str(source)!r})"
+    )
+    done = _in_a_new_process(f"{patch}\n{_PROBE}", ASR_NATIVE_DRAFT="1", ASR_CACHE_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pytorch", "True"]
+    lines = [line for line in done.stderr.splitlines() if "native draft step unavailable" in line]
+    assert len(lines) == 1 and "'fc2.bias_v2'" in lines[0] and "Traceback" not in done.stderr
+
+
+@needs_compiler
 @pytest.mark.parametrize("flags", [native_draft.FLAGS, PORTABLE_FLAGS], ids=["avx2", "portable"])
 @pytest.mark.parametrize("n_state, n_head", [(32, 2), (40, 2)])  # 40: inputs that need padding
 def test_native_logits_follow_the_target(tmp_path, flags, n_state, n_head):
@@ -214,7 +307,7 @@ def test_an_unwritable_cache_builds_for_this_process_only(tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     lib = native_draft.build(native_draft.FLAGS, blocker / "native")
-    assert lib.asr_draft_abi() == (native_draft.N_LAYER_PTRS << 16) | (native_draft.N_GLOBAL_PTRS << 8) | 7
+    assert lib.asr_draft_abi() == native_draft.ABI
     assert not str(lib._name).startswith(str(blocker))
 
 
