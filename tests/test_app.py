@@ -258,7 +258,9 @@ def test_input_files_are_checked_before_any_model_loads(tmp_path, monkeypatch):
 
 
 def test_write_downloads_names_files_after_the_input(tmp_path):
-    result = TranscriptionResult("Hi there.", "en", [Segment(0, 0.0, 1.5, " Hi there.", [1, 2])], 1.5, _stats())
+    result = TranscriptionResult(
+        "Hi there.", "en", [Segment(0, 0.0, 1.5, " Hi there.", [1, 2])], 1.5, _stats()
+    )
     paths = [Path(p) for p in write_downloads(result, "my talk (1).wav", root=tmp_path)]
     assert [p.name for p in paths] == ["my_talk_1.txt", "my_talk_1.srt", "my_talk_1.vtt", "my_talk_1.json"]
     assert paths[0].read_text() == "Hi there.\n"

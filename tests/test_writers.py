@@ -146,7 +146,9 @@ def test_txt_one_stripped_segment_per_line() -> None:
 
 
 def test_txt_falls_back_to_text_without_segments() -> None:
-    result = TranscriptionResult(text="  only text ", language="en", segments=[], duration_s=1.0)
+    result = TranscriptionResult(
+        text="  only text ", language="en", segments=[], duration_s=1.0, stats=figures()
+    )
     assert format_txt(result) == "only text\n"
 
 
