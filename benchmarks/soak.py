@@ -11,8 +11,8 @@ image header), which must be refused with one line naming the file. Every transc
 library gives for that clip in this process (same model, same options, before the server starts).
 
 The server's resident memory (VmRSS of /proc/PID/status) is sampled after every finished request and every
-half second; the growth is measured from the end of the warm-up to the end of the run. Prints outcomes, latency
-p50/p95 and the RSS curve (every `--curve-every` requests); --out also writes soak.json.
+half second; the growth is measured from the end of the warm-up to the end of the run. Prints outcomes,
+latency p50/p95 and the RSS curve (every `--curve-every` requests); --out also writes soak.json.
 """
 
 from __future__ import annotations
@@ -339,8 +339,8 @@ def print_report(report: SoakReport, curve_every: int) -> None:
     bad = [o for o in measured if o.kind == "bad"]
     m = report.machine
     print(
-        f"# Soak: {report.n_requests} requests after {report.n_warmup} of warm-up, {report.n_clients} clients, "
-        f"compare {'on' if report.compare else 'off'}"
+        f"# Soak: {report.n_requests} requests after {report.n_warmup} of warm-up, "
+        f"{report.n_clients} clients, compare {'on' if report.compare else 'off'}"
     )
     print(
         f"{m['cpu']}, {m['n_cpus']} CPUs, Python {m['python']}; app args {m['app_args'] or 'none'}, "
@@ -351,9 +351,8 @@ def print_report(report: SoakReport, curve_every: int) -> None:
     print(f"- bad uploads refused: {sum(o.ok for o in bad)}/{len(bad)}")
     if clips:
         latencies = [o.latency_s for o in clips]
-        print(
-            f"- clip latency: p50 {percentile(latencies, 0.5):.2f} s, p95 {percentile(latencies, 0.95):.2f} s"
-        )
+        p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
+        print(f"- clip latency: p50 {p50:.2f} s, p95 {p95:.2f} s")
     print(
         f"- server RSS: {report.rss_start_mb:.0f} MB at start, {report.rss_after_warmup_mb:.0f} MB after the "
         f"warm-up, {report.rss_end_mb:.0f} MB at the end: {report.growth:+.1%} over the measured requests; "
