@@ -83,6 +83,15 @@ class SoakReport:
         """RSS growth over the measured requests, as a fraction of the RSS after the warm-up."""
         return self.rss_end_mb / self.rss_after_warmup_mb - 1
 
+    def settled_growth(self, part: float = 0.1) -> float:
+        """RSS growth from the first to the last `part` of the measured requests, each the median of the RSS
+        after its requests: steadier than two single samples, each taken while the next request may be
+        anywhere in its run (tens of MB apart)."""
+        n = max(1, int(len(self.measured) * part))
+        first = statistics.median(o.rss_mb for o in self.measured[:n])
+        last = statistics.median(o.rss_mb for o in self.measured[-n:])
+        return last / first - 1
+
     def slope_mb_per_request(self, part: float = 0.5) -> float:
         """Least-squares slope of RSS against requests over the last `part` of the measured requests."""
         points = self.measured[int(len(self.measured) * (1 - part)) :]
@@ -101,7 +110,8 @@ class SoakReport:
         """(requests finished, RSS MB): at the start, after the warm-up, then every `every` requests."""
         points = [(0, self.rss_start_mb)]
         for i, outcome in enumerate(self.outcomes, start=1):
-            if i == self.n_warmup or (i - self.n_warmup) % every == 0 or i == len(self.outcomes):
+            n_after = i - self.n_warmup
+            if n_after == 0 or (n_after > 0 and n_after % every == 0) or i == len(self.outcomes):
                 points.append((i, outcome.rss_mb))
         return points
 
@@ -111,6 +121,7 @@ class SoakReport:
             "rss_after_warmup_mb": self.rss_after_warmup_mb,
             "rss_end_mb": self.rss_end_mb,
             "growth": self.growth,
+            "settled_growth": self.settled_growth(),
             "slope_mb_per_request_second_half": self.slope_mb_per_request(),
         }
         return data
@@ -355,7 +366,8 @@ def print_report(report: SoakReport, curve_every: int) -> None:
         print(f"- clip latency: p50 {p50:.2f} s, p95 {p95:.2f} s")
     print(
         f"- server RSS: {report.rss_start_mb:.0f} MB at start, {report.rss_after_warmup_mb:.0f} MB after the "
-        f"warm-up, {report.rss_end_mb:.0f} MB at the end: {report.growth:+.1%} over the measured requests; "
+        f"warm-up, {report.rss_end_mb:.0f} MB at the end: {report.growth:+.1%} over the measured requests "
+        f"({report.settled_growth():+.1%} between the medians of their first and last tenth); "
         f"slope over their second half {report.slope_mb_per_request():+.3f} MB/request"
     )
     print()
