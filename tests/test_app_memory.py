@@ -7,10 +7,12 @@ and the leak shows without it (below). Every transcript must equal the library's
 same options), every bad upload must be refused in one line, and the server's RSS may grow by at most
 GROWTH_BOUND between the medians of the first and the last tenth of the 100 requests.
 
-Why 5%: with the fix left out (ui.py calling the handler without `releasing_memory`), the same soak grew by
-17% over only 60 requests (1203 -> 1417 MB, about 3.6 MB a request, not levelling off); with it, by -3%
-(987 -> 935 MB). Run-to-run noise is a few percent: each RSS sample is taken while the next request may be
-anywhere in its run. 5% is also what the issue asks over 400 requests.
+Why 5%: with the fix left out (ui.py calling the handler without `releasing_memory`), this test failed with
++28.9% (RSS after 20, 40, ... 120 requests: 1207, 1337, 1529, 1553, 1561, 1562 MB; 2 busy cores, AMD EPYC);
+with it, the benchmark's 60-request soak of the same clips moved by -3% (987 -> 935 MB). Single samples are
+noisy by a few percent (each is taken while the next request may be anywhere in its run), hence the medians.
+5% is also what the issue asks over 400 requests. It takes 6-7 min on 2 cores shared with other jobs, about
+4.5 min of CPU.
 """
 
 from __future__ import annotations
