@@ -7,7 +7,7 @@ with it (1196 -> 1564 MB). A transcription allocates and frees hundreds of MB of
 Gradio's worker threads and torch's; glibc gives freed memory back to the system only from the top of a heap,
 so the holes between live blocks stay resident and new requests rarely fit them exactly. `malloc_trim(0)`
 hands every free page of every arena back (madvise): at the end of that soak it took RSS from 1564 to 1023 MB.
-`releasing_memory` does it after each request, in the request's own thread: 10-40 ms, measured on 2 busy cores.
+`releasing_memory` does it after each request, in the request's own thread (10-40 ms on 2 busy cores).
 """
 
 from __future__ import annotations
