@@ -1,13 +1,14 @@
 """Keeping the server's resident memory flat over days of requests (issue #24).
 
-What grew was not a Python object. In a soak (benchmarks/soak.py, 60 requests after 10 of warm-up, 4 clients),
-tracemalloc found under 1 MB of new Python objects and glibc's statistics (mallinfo2) showed the memory in use
-flat (366 -> 382 MB) while the free memory glibc kept in its arenas grew by 346 MB (317 -> 663 MB), and RSS
-with it (1196 -> 1564 MB). A transcription allocates and frees hundreds of MB of tensors of many sizes, from
-Gradio's worker threads and torch's; glibc gives freed memory back to the system only from the top of a heap,
-so the holes between live blocks stay resident and new requests rarely fit them exactly. `malloc_trim(0)`
-hands every free page of every arena back (madvise): at the end of that soak it took RSS from 1564 to 1023 MB.
-`releasing_memory` does it after each request, in the request's own thread (10-40 ms on 2 busy cores).
+What grew was not a Python object. In a soak of the app run in one process with its 4 client threads (60
+requests after 10 of warm-up, clips up to 4 s, comparison on), tracemalloc found under 1 MB of new Python
+objects and glibc's statistics (mallinfo2) showed the memory in use flat (366 -> 382 MB) while the free memory
+glibc kept in its arenas grew by 346 MB (317 -> 663 MB), and RSS with it (1196 -> 1564 MB). A transcription
+allocates and frees hundreds of MB of tensors of many sizes, from Gradio's worker threads and torch's; glibc
+gives freed memory back to the system only from the top of a heap, so the holes between live blocks stay
+resident and new requests rarely fit them exactly. `malloc_trim(0)` hands every free page of every arena back
+(madvise): at the end of that soak it took RSS from 1564 to 1023 MB. `releasing_memory` does it after each
+request, in the request's own thread (10-40 ms on 2 busy cores).
 """
 
 from __future__ import annotations
