@@ -120,7 +120,7 @@ def _models() -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from .audio import DEFAULT_MAX_DURATION_S
+    from .audio_io import DEFAULT_MAX_DURATION_S
     from .decoding import DecodingOptions
     from .errors import InvalidOptionError
     from .transcribe import TranscribeOptions
@@ -191,7 +191,7 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 def _plan(paths: Sequence[Path], output_dir: Path | None) -> tuple[list[Job], list[tuple[Path, str]]]:
     """Expand folders into audio files and give each its output stem, mirrored under output_dir."""
-    from .audio import AUDIO_EXTENSIONS
+    from .audio_io import AUDIO_EXTENSIONS
     from .errors import InvalidOptionError
     from .writers import safe_output_stem
 
@@ -296,7 +296,7 @@ def _run_single(model, job, options, transcribe_options, formats, overwrite, pro
 def _run_batch(model, jobs, options, transcribe_options, formats, overwrite, problems) -> int:
     from tqdm import tqdm
 
-    from .audio import audio_duration
+    from .audio_io import audio_duration
     from .errors import AsrError
     from .transcribe import transcribe
     from .writers import write_result

@@ -23,16 +23,15 @@ import numpy as np
 import torch
 
 from .audio import (
-    DEFAULT_MAX_DURATION_S,
     HOP_LENGTH,
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
     TIME_PRECISION,
-    load_audio,
     log_mel_spectrogram,
     pad_or_trim,
 )
+from .audio_io import DEFAULT_MAX_DURATION_S, load_audio
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
 from .drafting import Drafter, make_drafter
 from .errors import InvalidOptionError

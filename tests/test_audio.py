@@ -1,4 +1,4 @@
-"""asr.audio: every kind of input, every refusal, and log-mel parity with transformers."""
+"""asr.audio_io and asr.audio: every kind of input, every refusal, and log-mel parity with transformers."""
 
 from __future__ import annotations
 
@@ -14,18 +14,9 @@ import soundfile as sf
 import soxr
 import torch
 
-from asr import audio
-from asr.audio import (
-    AUDIO_EXTENSIONS,
-    N_FRAMES,
-    N_SAMPLES,
-    SAMPLE_RATE,
-    audio_duration,
-    load_audio,
-    log_mel_spectrogram,
-    mel_filters,
-    pad_or_trim,
-)
+from asr import audio, audio_io
+from asr.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, mel_filters, pad_or_trim
+from asr.audio_io import AUDIO_EXTENSIONS, audio_duration, load_audio
 from asr.errors import AudioLoadError, InvalidOptionError
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -64,7 +55,7 @@ def test_constants_describe_whisper_windows():
     assert (audio.N_SAMPLES, audio.N_FRAMES, audio.FRAMES_PER_SECOND) == (480_000, 3000, 100)
     assert audio.N_SAMPLES_PER_TOKEN == 320
     assert audio.TIME_PRECISION == 0.02
-    assert audio.DEFAULT_MAX_DURATION_S == 4 * 3600
+    assert audio_io.DEFAULT_MAX_DURATION_S == 4 * 3600
 
 
 # --- refusals: every bad input raises AudioLoadError("<name>: <reason>") ------------------------------------
@@ -201,7 +192,7 @@ def test_permission_denied_is_reported(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(audio, "open", denied, raising=False)  # shadows the builtin inside asr.audio only
+    monkeypatch.setattr(audio_io, "open", denied, raising=False)  # shadows the builtin in asr.audio_io only
     assert refusal(path) == f"{path}: permission denied"
 
 
@@ -281,7 +272,7 @@ def test_stereo_44k_file_becomes_16k_mono(tmp_path):
 
 
 def test_streamed_resampling_equals_one_shot_soxr(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "DECODE_BLOCK_FRAMES", 1000)  # many blocks
+    monkeypatch.setattr(audio_io, "DECODE_BLOCK_FRAMES", 1000)  # many blocks
     rng = np.random.default_rng(1)
     stereo = (0.1 * rng.standard_normal((22050, 2))).astype(np.float32)
     path = write_wav(tmp_path / "noise.wav", stereo, 22050, subtype="FLOAT")
@@ -500,7 +491,7 @@ def test_project_samples_are_short_16k_mono_speech():
 
 
 def test_libmpg123_messages_are_kept_off_stderr_and_other_output_is_not(capfd):
-    with audio._without_mpg123_messages():
+    with audio_io._without_mpg123_messages():
         os.write(2, b"[src/libmpg123/parse.c:do_readahead():1083] warning: Cannot read next header\n")
         os.write(2, b"another thread's line\n")
         os.write(2, b"[../mpg123/src/libmpg123/layer3.c:f():1] error: junk")
