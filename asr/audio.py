@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 
 import numpy as np
 import torch
@@ -118,6 +119,188 @@ def log_mel_spectrogram(
     log_mel = torch.clamp(mel, min=LOG_MEL_FLOOR).log10()
     log_mel = torch.maximum(log_mel, log_mel.max() - LOG_MEL_DYNAMIC_RANGE)
     return (log_mel + 4.0) / 4.0  # Whisper's fixed scaling to roughly [-1, 1]
+
+
+# Samples per STFT in `LogMelWindows` (~1 min): each call is big enough to run about as fast as one
+# whole-input STFT (a few seconds per call ran 2-3x slower), and its temporaries stay small (twice this size
+# left ~250 MB more of heap behind for a 3-h input).
+MEL_BLOCK_SAMPLES = 1 << 20
+# Frames per slab of `LogMelWindows`'s storage (~22 min): 42 MB with 80 mels, above glibc's largest mmap
+# threshold (32 MB), so each slab is a mapping of its own. Kept results of a few MB each, allocated between
+# freed STFT temporaries, had left the heap twice the log-mel's size, and never given back.
+MEL_SLAB_FRAMES = 1 << 17
+
+
+class LogMelWindows:
+    """Whisper's log-mel of a whole recording, built block by block and read one window at a time.
+
+    Equals `log_mel_spectrogram(samples, n_mels, padding)` frame for frame (to float32 rounding: the STFT
+    and the filterbank product run per block, so a value may differ in its last bit), but never holds the
+    samples, the STFT or the power spectrum of the whole recording (together ~5 GB for 4 h): feed it 16 kHz
+    float32 blocks with `add` as they are decoded, call `finish`, then read `window(start)`. It keeps the
+    log10 mel power before the dynamic-range floor (n_mels x 4 bytes per 10 ms: 0.46 GB for 4 h with 80
+    mels) and each hop's peak sample, for the silence gate. The floor needs the loudest bin of the whole
+    input, which is known only once the last block is in: hence the two steps.
+    """
+
+    def __init__(self, n_mels: int = 80, padding: int = 0, device: str | torch.device | None = None) -> None:
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise InvalidOptionError(f"padding must be a non-negative number of samples, got {padding!r}")
+        self.n_mels = n_mels
+        self.padding = padding
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._filters = mel_filters(n_mels).to(self.device)
+        self._hann = torch.hann_window(N_FFT, periodic=True, device=self.device)
+        self.n_samples = 0
+        self.n_frames = 0  # frames computed so far; after `finish`: (n_samples + padding) // HOP_LENGTH
+        self._head = torch.zeros(0, device=self.device)  # samples before the first frame could be made
+        self._tail: torch.Tensor | None = None  # from the next frame's first sample on (reflect-padded input)
+        self._slabs: list[torch.Tensor] = []  # un-floored log10 mel, shape = (n_mels, MEL_SLAB_FRAMES) each
+        self._hop_peaks: list[np.ndarray] = []
+        self._hop_rest = np.zeros(0, dtype=np.float32)  # samples of a hop not yet complete
+        self._pending: list[np.ndarray] = []  # samples added but not yet turned into frames
+        self._n_pending = 0
+        self.ceiling = -math.inf  # the loudest log10 mel bin so far
+        self.finished = False
+        self.time_s = 0.0  # seconds spent in `add` and `finish`
+
+    def add(self, samples: np.ndarray) -> None:
+        """Append 16 kHz mono float32 samples; shape = (n,)."""
+        assert not self.finished, "add after finish"
+        started = time.perf_counter()
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._add_hop_peaks(samples)
+        self.n_samples += samples.shape[0]
+        self._pending.append(np.array(samples))
+        self._n_pending += samples.shape[0]
+        if self._n_pending >= MEL_BLOCK_SAMPLES:
+            self._flush()
+        self.time_s += time.perf_counter() - started
+
+    def finish(self) -> LogMelWindows:
+        """Append the padding, make the last frames and fix the floor; returns self."""
+        if self.finished:
+            return self
+        started = time.perf_counter()
+        if self._hop_rest.shape[0]:
+            self._hop_peaks.append(np.abs(self._hop_rest).max(keepdims=True))
+        self._flush()
+        remaining = self.padding
+        while remaining:
+            n = min(remaining, MEL_BLOCK_SAMPLES)
+            self._push(torch.zeros(n, device=self.device))
+            remaining -= n
+        n_total = self.n_samples + self.padding
+        min_samples = N_FFT // 2 + 1  # reflect padding by N_FFT // 2 needs more samples than that
+        if n_total < min_samples:
+            raise AudioLoadError(
+                f"{_ARRAY_NAME}: has {n_total} samples (padding included); the log-mel front end needs at "
+                f"least {min_samples}"
+            )
+        if self._tail is None:
+            self._start(self._head)
+        assert self._tail is not None
+        # The input's end, reflected: what torch.stft(center=True) appends.
+        self._frames(torch.cat([self._tail, self._tail[-(N_FFT // 2) - 1 : -1].flip(0)]))
+        # center=True yields n // HOP_LENGTH + 1 frames; Whisper drops the last so 30 s give exactly N_FRAMES.
+        self.n_frames = n_total // HOP_LENGTH
+        del self._slabs[-(-self.n_frames // MEL_SLAB_FRAMES) :]
+        self.ceiling = max(
+            (
+                float(self._slice(start, min(start + MEL_SLAB_FRAMES, self.n_frames)).max())
+                for start in range(0, self.n_frames, MEL_SLAB_FRAMES)
+            ),
+            default=-math.inf,
+        )
+        self._tail = None
+        self.finished = True
+        self.time_s += time.perf_counter() - started
+        return self
+
+    def window(self, start: int, n_frames: int = N_FRAMES) -> torch.Tensor:
+        """Frames [start, start + n_frames), zero-padded past the end; shape = (n_mels, n_frames)."""
+        assert self.finished, "window before finish"
+        log_mel = self._slice(start, min(start + n_frames, self.n_frames))
+        log_mel = torch.maximum(log_mel, torch.tensor(self.ceiling - LOG_MEL_DYNAMIC_RANGE))
+        return pad_or_trim((log_mel + 4.0) / 4.0, n_frames)
+
+    def peak(self, start: int, n_frames: int) -> float:
+        """The largest |sample| under frames [start, start + n_frames) (the input's hops; padding is 0)."""
+        assert self.finished, "peak before finish"
+        peaks = np.concatenate(self._hop_peaks) if len(self._hop_peaks) > 1 else None
+        if peaks is not None:
+            self._hop_peaks = [peaks]
+        elif self._hop_peaks:
+            peaks = self._hop_peaks[0]
+        else:
+            return 0.0
+        return float(peaks[start : start + n_frames].max(initial=0.0))
+
+    def _slice(self, start: int, stop: int) -> torch.Tensor:
+        """Un-floored frames [start, stop) of the slabs; shape = (n_mels, stop - start)."""
+        pieces = []
+        position = start
+        while position < stop:
+            slab_index, offset = divmod(position, MEL_SLAB_FRAMES)
+            n = min(stop - position, MEL_SLAB_FRAMES - offset)
+            pieces.append(self._slabs[slab_index][:, offset : offset + n])
+            position += n
+        if len(pieces) == 1:
+            return pieces[0]
+        return torch.cat(pieces, dim=1) if pieces else self._filters.new_zeros(self.n_mels, 0)
+
+    def _flush(self) -> None:
+        """Turn the pending samples into frames, `MEL_BLOCK_SAMPLES` at a time."""
+        if not self._pending:
+            return
+        samples = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._n_pending = [], 0
+        for start in range(0, samples.shape[0], MEL_BLOCK_SAMPLES):
+            self._push(torch.from_numpy(samples[start : start + MEL_BLOCK_SAMPLES]).to(self.device))
+
+    def _add_hop_peaks(self, block: np.ndarray) -> None:
+        samples = np.concatenate([self._hop_rest, block]) if self._hop_rest.shape[0] else block
+        n_whole = samples.shape[0] // HOP_LENGTH * HOP_LENGTH
+        if n_whole:
+            self._hop_peaks.append(np.abs(samples[:n_whole]).reshape(-1, HOP_LENGTH).max(axis=1))
+        self._hop_rest = np.array(samples[n_whole:], dtype=np.float32)
+
+    def _push(self, samples: torch.Tensor) -> None:
+        if self._tail is None:
+            self._head = torch.cat([self._head, samples])
+            if self._head.shape[0] > N_FFT // 2:
+                self._start(self._head)
+            return
+        self._frames(torch.cat([self._tail, samples]))
+
+    def _start(self, head: torch.Tensor) -> None:
+        """The input's start, reflected (as torch.stft(center=True) pads), then its first frames."""
+        pad = N_FFT // 2
+        reflected = head[1 : pad + 1].flip(0)
+        self._head = torch.zeros(0, device=self.device)
+        self._tail = torch.zeros(0, device=self.device)
+        self._frames(torch.cat([reflected, head]))
+
+    def _frames(self, signal: torch.Tensor) -> None:
+        """Make every frame that `signal` (from the next frame's start) holds; keep the rest as the tail."""
+        n_new = (signal.shape[0] - N_FFT) // HOP_LENGTH + 1 if signal.shape[0] >= N_FFT else 0
+        if n_new > 0:
+            # The kept result is allocated before the temporaries: freed, they leave one hole at the heap's
+            # top, not one between every two kept chunks (which made the heap twice the log-mel's size).
+            used = signal[: (n_new - 1) * HOP_LENGTH + N_FFT]
+            stft = torch.stft(used, N_FFT, HOP_LENGTH, window=self._hann, center=False, return_complex=True)
+            mel = self._filters @ stft.abs().square()  # shape = (n_mels, n_new)
+            log_mel = torch.clamp(mel, min=LOG_MEL_FLOOR).log10()
+            done = 0
+            while done < n_new:  # into the slabs, starting new ones as they fill
+                slab_index, offset = divmod(self.n_frames, MEL_SLAB_FRAMES)
+                if slab_index == len(self._slabs):
+                    self._slabs.append(torch.empty(self.n_mels, MEL_SLAB_FRAMES, device=self.device))
+                n = min(n_new - done, MEL_SLAB_FRAMES - offset)
+                self._slabs[slab_index][:, offset : offset + n] = log_mel[:, done : done + n]
+                done += n
+                self.n_frames += n
+        self._tail = signal[n_new * HOP_LENGTH :].clone()
 
 
 def pad_or_trim(array: torch.Tensor, length: int = N_FRAMES, axis: int = -1) -> torch.Tensor:

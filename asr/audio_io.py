@@ -59,6 +59,11 @@ AUDIO_EXTENSIONS = frozenset(
 
 MAX_ARRAY_CHANNELS = 8  # a 2-D array axis this short (and shorter than the other) is read as channels
 DECODE_BLOCK_FRAMES = 1 << 18  # frames per libsndfile read: ~6 s at 44.1 kHz, bounds peak memory
+# Float samples are full scale at 1.0; a peak above this (+24 dBFS) is not a level any recorder or float file
+# produces, but integer samples cast to float (int16 values: up to 32767) are. Such input used to transcribe
+# to "" without a word: refused, not rescaled, because whether the full scale is 2**15, 2**23 or 2**31 is a
+# guess only the caller can settle, in one division.
+MAX_FLOAT_PEAK = 16.0
 SOXR_QUALITY = "HQ"  # soxr's high quality; librosa's default res_type "soxr_hq" is the same setting
 # Formats whose header length is an estimate, not a count: libsndfile guesses an MP3 without a Xing/Info frame
 # from its file size (ID3 cover art counts as audio), so it can be far too long. No early duration check on
@@ -85,6 +90,30 @@ def load_audio(
 ) -> np.ndarray:
     """Read audio as float32 mono at `SAMPLE_RATE` (16 kHz); shape = (n_samples,).
 
+    The whole recording in one array (4 bytes per sample: 0.9 GB for 4 h). `stream_audio` gives the same
+    samples block by block, for callers that need not hold them all. Arguments and errors: see there.
+    """
+    blocks = list(stream_audio(source, sample_rate=sample_rate, max_duration_s=max_duration_s, name=name))
+    if len(blocks) == 1:
+        return blocks[0]
+    return np.concatenate(blocks)
+
+
+def stream_audio(
+    source: AudioSource,
+    *,
+    sample_rate: int | None = None,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    name: str | None = None,
+) -> Iterator[np.ndarray]:
+    """The samples of `load_audio`, float32 mono at 16 kHz, in consecutive blocks; shape = (n_block,) each.
+
+    A file is decoded and resampled as it is read (a block is at most a few seconds), so memory stays bounded
+    whatever the file's length; an array comes back as one block. The path and a declared length the file
+    does not hold are checked at once; what the decoder finds (an unknown format, corrupt data, a short
+    decode, NaN samples) raises while iterating, at the latest after the last block, so a consumer must not
+    treat earlier blocks as final.
+
     source: a path to any file libsndfile decodes (see `AUDIO_EXTENSIONS`), the bytes of such a file, or
         samples in a numpy array. Array layout: shape (n,) is mono; a 2-D array has a channel axis, which is
         the axis of length <= `MAX_ARRAY_CHANNELS` (8) that is shorter than the other: (n, channels) or
@@ -97,8 +126,9 @@ def load_audio(
     name: what error messages call the input (default: the path as given, "<bytes>" or "<array>").
 
     Raises AudioLoadError, whose message is one line "<name>: <reason>", for a missing path, a directory, an
-    unreadable, empty, non-audio, truncated or corrupt file, no samples, NaN/inf samples, or too long a
-    duration; InvalidOptionError for a bad `sample_rate` or `max_duration_s`.
+    unreadable, empty, non-audio, truncated or corrupt file, no samples, NaN/inf samples, float samples far
+    outside [-1, 1] (see `MAX_FLOAT_PEAK`), or too long a duration; InvalidOptionError for a bad `sample_rate`
+    or `max_duration_s`.
     """
     if max_duration_s is not None and not (max_duration_s > 0):
         raise InvalidOptionError(
@@ -108,7 +138,7 @@ def load_audio(
         label = _ARRAY_NAME if name is None else name
         rate = SAMPLE_RATE if sample_rate is None else sample_rate
         _check_sample_rate(rate)
-        return _load_array(source, rate, max_duration_s, label)
+        return iter([_load_array(source, rate, max_duration_s, label)])
     if sample_rate is not None:
         raise InvalidOptionError(
             "sample_rate applies to numpy array input only; a file's or bytes' own header gives its rate"
@@ -118,7 +148,7 @@ def load_audio(
         data = bytes(source)
         if not data:
             raise AudioLoadError(f"{label}: is empty (0 bytes)")
-        _check_wav_not_truncated(io.BytesIO(data), len(data), label)
+        _check_not_truncated(io.BytesIO(data), len(data), label)
         return _decode(lambda: sf.SoundFile(io.BytesIO(data)), max_duration_s, label)
     if isinstance(source, (str, os.PathLike)):
         path = os.fsdecode(os.fspath(source))
@@ -182,11 +212,66 @@ def _check_readable_audio_file(path: str, label: str) -> None:
         raise AudioLoadError(f"{label}: is empty (0 bytes)")
     try:
         with open(path, "rb") as stream:
-            _check_wav_not_truncated(stream, info.st_size, label)
+            _check_not_truncated(stream, info.st_size, label)
     except PermissionError as error:
         raise AudioLoadError(f"{label}: permission denied") from error
     except OSError as error:
         raise AudioLoadError(f"{label}: cannot be read ({_one_line(error)})") from error
+
+
+def _check_not_truncated(stream: BinaryIO, size: int, label: str) -> None:
+    """Raise if the file is shorter than its header declares (WAV data chunk, MP3 Xing/Info frame)."""
+    _check_wav_not_truncated(stream, size, label)
+    stream.seek(0)
+    _check_mp3_not_truncated(stream, size, label)
+
+
+# MPEG audio layer III (mp3), from the frame header's bits: sample rates by version and rate index, and the
+# side information's length, after which an encoder (LAME, libsndfile) puts its Xing or Info frame.
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}  # MPEG 1, 2, 2.5
+# keyed by (MPEG 1, mono)
+_MPEG_SIDE_INFO = {(True, True): 17, (True, False): 32, (False, True): 9, (False, False): 17}
+_XING_FLAG_FRAMES, _XING_FLAG_BYTES = 1, 2
+
+
+def _check_mp3_not_truncated(stream: BinaryIO, size: int, label: str) -> None:
+    """Raise if an MP3 holds fewer bytes than its Xing/Info frame declares (a cut-off copy or download).
+
+    libmpg123 decodes what is there and only warns ("Xing stream size off"), so half a file used to give
+    half a transcript. Compared with the whole file's size (ID3 tags included), which errs towards accepting.
+    An MP3 without a Xing/Info frame declares no length: a cut one is indistinguishable from a shorter one.
+    """
+    head = stream.read(10)
+    offset = 0
+    if len(head) == 10 and head[:3] == b"ID3":  # ID3v2: a 10-byte header, a syncsafe size, maybe a footer
+        offset = 10 + sum((byte & 0x7F) << (7 * (3 - i)) for i, byte in enumerate(head[6:10]))
+        offset += 10 if head[5] & 0x10 else 0
+    stream.seek(offset)
+    frame = stream.read(4 + 32 + 16)
+    if len(frame) < 4 + 9 + 16 or frame[0] != 0xFF or frame[1] & 0xE0 != 0xE0:
+        return
+    version, layer = (frame[1] >> 3) & 3, (frame[1] >> 1) & 3
+    rate_index, mono = (frame[2] >> 2) & 3, (frame[3] >> 6) == 3
+    if layer != 1 or version not in _MPEG_RATES or rate_index == 3:  # layer bits 01 are layer III
+        return
+    tag = 4 + _MPEG_SIDE_INFO[(version == 3, mono)]
+    if frame[tag : tag + 4] not in (b"Xing", b"Info"):
+        return
+    flags = struct.unpack(">I", frame[tag + 4 : tag + 8])[0]
+    fields = frame[tag + 8 :]
+    n_frames = struct.unpack(">I", fields[:4])[0] if flags & _XING_FLAG_FRAMES else 0
+    if not flags & _XING_FLAG_BYTES:
+        return
+    declared = struct.unpack(">I", fields[4:8] if flags & _XING_FLAG_FRAMES else fields[:4])[0]
+    if declared == 0 or size >= declared * (1 - TRUNCATION_TOLERANCE):
+        return
+    seconds = ""
+    if n_frames:
+        declared_s = n_frames * (1152 if version == 3 else 576) / _MPEG_RATES[version][rate_index]
+        seconds = f"{declared_s:.1f} s of audio in "
+    raise AudioLoadError(
+        f"{label}: is truncated: its header declares {seconds}{declared} bytes but the file holds {size}"
+    )
 
 
 def _check_wav_not_truncated(stream: BinaryIO, size: int, label: str) -> None:
@@ -248,7 +333,9 @@ def _open_failure_reason(error: BaseException) -> str:
 
 # A message of libmpg123's own: "[src/libmpg123/parse.c:do_readahead():1083] warning: ..." (the source path
 # depends on the build).
-_MPG123_MESSAGE = re.compile(r"\[[^\]\n]*libmpg123/[^\]\n]*\][^\n]*\n?")
+# libmpg123 also writes a few lines without that prefix, all of them "Warning: ..." or "Note: ..." (e.g.
+# "Warning: Xing stream size off by more than 1%, fuzzy seeking may be even more fuzzy than by design!").
+_MPG123_MESSAGE = re.compile(r"(?m)(?:\[[^\]\n]*libmpg123/[^\]\n]*\]|^(?:Warning|Note): )[^\n]*\n?")
 _STDERR_LOCK = threading.Lock()
 
 
@@ -282,8 +369,10 @@ def _without_mpg123_messages() -> Iterator[None]:
                 os.write(2, rest.encode())
 
 
-def _decode(open_file: Callable[[], sf.SoundFile], max_duration_s: float | None, label: str) -> np.ndarray:
-    """Decode a libsndfile-readable input block by block to float32 mono 16 kHz; shape = (n_samples,)."""
+def _decode(
+    open_file: Callable[[], sf.SoundFile], max_duration_s: float | None, label: str
+) -> Iterator[np.ndarray]:
+    """Decode a libsndfile-readable input block by block to float32 mono 16 kHz; shape = (n_block,) each."""
     try:
         with _without_mpg123_messages():
             sound = open_file()
@@ -300,25 +389,31 @@ def _decode(open_file: Callable[[], sf.SoundFile], max_duration_s: float | None,
         resampler = None
         if rate != SAMPLE_RATE:
             resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=SOXR_QUALITY)
-        pieces: list[np.ndarray] = []
         n_decoded = 0
-        try:
-            for block in _blocks(sound):
-                _check_finite(block, n_decoded, rate, label)
+        blocks = _blocks(sound)
+        while True:
+            try:
+                block = next(blocks, None)
+                if block is None:
+                    break
+                _check_samples(block, n_decoded, rate, label)
                 n_decoded += block.shape[0]
                 if max_duration_s is not None:
                     _check_duration(n_decoded / rate, max_duration_s, label, partial=True)
-                pieces.append(block if resampler is None else resampler.resample_chunk(block))
-            if resampler is not None:
-                pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-        except AudioLoadError:
-            raise
-        except Exception as error:
-            raise AudioLoadError(f"{label}: is corrupt or truncated ({_decoder_detail(error)})") from error
-    if n_decoded == 0:
-        raise AudioLoadError(f"{label}: contains no audio samples")
-    _check_decoded_length(n_decoded, header_frames, rate, length_is_exact, label)
-    return np.concatenate(pieces).astype(np.float32, copy=False)
+                if resampler is not None:
+                    block = resampler.resample_chunk(block)
+            except AudioLoadError:
+                raise
+            except Exception as error:
+                detail = _decoder_detail(error)
+                raise AudioLoadError(f"{label}: is corrupt or truncated ({detail})") from error
+            if block.shape[0]:
+                yield block
+        if n_decoded == 0:
+            raise AudioLoadError(f"{label}: contains no audio samples")
+        _check_decoded_length(n_decoded, header_frames, rate, length_is_exact, label)
+        if resampler is not None:
+            yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
 
 def _blocks(sound: sf.SoundFile) -> Iterator[np.ndarray]:
@@ -329,7 +424,8 @@ def _blocks(sound: sf.SoundFile) -> Iterator[np.ndarray]:
     """
     buffer = np.empty((DECODE_BLOCK_FRAMES, sound.channels), dtype=np.float32)
     while True:
-        block = sound.read(out=buffer)
+        with _without_mpg123_messages():  # libmpg123 also complains about bad frames while decoding
+            block = sound.read(out=buffer)
         if block.shape[0] == 0:
             return
         yield block.mean(axis=1, dtype=np.float32) if sound.channels > 1 else block[:, 0].copy()
@@ -345,11 +441,18 @@ def _check_duration(duration_s: float, max_duration_s: float, label: str, *, par
         )
 
 
-def _check_finite(block: np.ndarray, n_before: int, rate: int, label: str) -> None:
+def _check_samples(block: np.ndarray, n_before: int, rate: int, label: str) -> None:
+    """Raise on NaN or infinite float samples, or on float samples far outside [-1, 1]."""
     finite = np.isfinite(block)
     if not finite.all():
         first = n_before + int(np.argmin(finite))
         raise AudioLoadError(f"{label}: contains NaN or infinite samples (the first at {first / rate:.3f} s)")
+    peak = float(np.abs(block).max(initial=0.0))
+    if peak > MAX_FLOAT_PEAK:
+        raise AudioLoadError(
+            f"{label}: float samples reach {peak:.6g}, far outside [-1, 1]; integers stored as floats? "
+            "divide them by their full scale (32768 for 16-bit) or pass the integer array itself"
+        )
 
 
 def _check_decoded_length(n_decoded: int, header_frames: int, rate: int, exact: bool, label: str) -> None:
@@ -370,7 +473,7 @@ def _load_array(array: np.ndarray, rate: int, max_duration_s: float | None, labe
     samples = _to_mono(samples, label)
     if samples.shape[0] == 0:
         raise AudioLoadError(f"{label}: contains no audio samples")
-    _check_finite(samples, 0, rate, label)
+    _check_samples(samples, 0, rate, label)
     if max_duration_s is not None:
         _check_duration(samples.shape[0] / rate, max_duration_s, label)
     if rate != SAMPLE_RATE:
