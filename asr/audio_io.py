@@ -197,11 +197,14 @@ def _check_readable_audio_file(path: str, label: str) -> None:
     try:
         info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError) as error:
+        if os.path.islink(path):
+            raise AudioLoadError(f"{label}: is a broken symbolic link (its target does not exist)") from error
         raise AudioLoadError(f"{label}: no such file") from error
     except PermissionError as error:
         raise AudioLoadError(f"{label}: permission denied") from error
     except (OSError, ValueError) as error:  # ValueError: an embedded NUL byte
-        raise AudioLoadError(f"{label}: cannot be accessed ({_one_line(error)})") from error
+        reason = getattr(error, "strerror", None) or _one_line(error)  # ELOOP: "Too many levels of ..."
+        raise AudioLoadError(f"{label}: cannot be accessed ({reason})") from error
     if stat.S_ISDIR(info.st_mode):
         raise AudioLoadError(f"{label}: is a directory, expected an audio file")
     if not stat.S_ISREG(info.st_mode):
