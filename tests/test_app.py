@@ -450,3 +450,30 @@ def test_api_serves_bad_input_errors_and_keeps_serving(tmp_path, speech_dir):
             handle_file(str(clip)), "base", "self", GREEDY, 5, "en", api_name="/transcribe"
         )
         assert normalize(again[0]) == WAIT_TEXT
+
+
+def test_api_refuses_a_remote_url_as_input_before_fetching_it(monkeypatch):
+    """Issue #19: a raw API call whose file input is a URL made the server fetch it (request forgery)."""
+    from gradio import processing_utils
+
+    fetched: list[str] = []
+
+    async def no_fetch(url: str, cache_dir: str) -> str:  # never reach the network from a test
+        fetched.append(url)
+        raise RuntimeError("the test refuses to fetch")
+
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", no_fetch)
+    remote = {
+        "path": "https://example.com/a.wav",
+        "url": "https://example.com/a.wav",
+        "meta": {"_type": "gradio.FileData"},
+    }
+    inputs = [remote, "base", "self", GREEDY, 5, "auto", "transcribe", True, False]
+    with running_app(AppSettings()) as url:
+        base = url.rstrip("/")
+        response = httpx.post(f"{base}/gradio_api/call/transcribe", json={"data": inputs}, timeout=30)
+        assert response.status_code == 200, response.text
+        event_id = response.json()["event_id"]
+        events = httpx.get(f"{base}/gradio_api/call/transcribe/{event_id}", timeout=60).text
+    assert fetched == []
+    assert "event: error" in events and "Remote URLs are not accepted as input" in events, events
