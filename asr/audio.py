@@ -184,12 +184,6 @@ class LogMelWindows:
         started = time.perf_counter()
         if self._hop_rest.shape[0]:
             self._hop_peaks.append(np.abs(self._hop_rest).max(keepdims=True))
-        self._flush()
-        remaining = self.padding
-        while remaining:
-            n = min(remaining, MEL_BLOCK_SAMPLES)
-            self._push(torch.zeros(n, device=self.device))
-            remaining -= n
         n_total = self.n_samples + self.padding
         min_samples = N_FFT // 2 + 1  # reflect padding by N_FFT // 2 needs more samples than that
         if n_total < min_samples:
@@ -197,11 +191,9 @@ class LogMelWindows:
                 f"{_ARRAY_NAME}: has {n_total} samples (padding included); the log-mel front end needs at "
                 f"least {min_samples}"
             )
-        if self._tail is None:
-            self._start(self._head)
-        assert self._tail is not None
-        # The input's end, reflected: what torch.stft(center=True) appends.
-        self._frames(torch.cat([self._tail, self._tail[-(N_FFT // 2) - 1 : -1].flip(0)]))
+        if self.padding:  # with the input's last samples: a short clip takes one STFT, as the whole-input one
+            self._pending.append(np.zeros(self.padding, dtype=np.float32))
+        self._flush(last=True)
         # center=True yields n // HOP_LENGTH + 1 frames; Whisper drops the last so 30 s give exactly N_FRAMES.
         self.n_frames = n_total // HOP_LENGTH
         del self._slabs[-(-self.n_frames // MEL_SLAB_FRAMES) :]
@@ -249,14 +241,16 @@ class LogMelWindows:
             return pieces[0]
         return torch.cat(pieces, dim=1) if pieces else self._filters.new_zeros(self.n_mels, 0)
 
-    def _flush(self) -> None:
-        """Turn the pending samples into frames, `MEL_BLOCK_SAMPLES` at a time."""
-        if not self._pending:
+    def _flush(self, last: bool = False) -> None:
+        """Turn the pending samples into frames, `MEL_BLOCK_SAMPLES` at a time; `last`: the input ends."""
+        if not self._pending and not last:
             return
-        samples = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        samples = np.concatenate(self._pending) if self._pending else np.zeros(0, dtype=np.float32)
         self._pending, self._n_pending = [], 0
-        for start in range(0, samples.shape[0], MEL_BLOCK_SAMPLES):
-            self._push(torch.from_numpy(samples[start : start + MEL_BLOCK_SAMPLES]).to(self.device))
+        starts = range(0, samples.shape[0], MEL_BLOCK_SAMPLES) or range(1)
+        for start in starts:
+            block = torch.from_numpy(samples[start : start + MEL_BLOCK_SAMPLES]).to(self.device)
+            self._push(block, last=last and start == starts[-1])
 
     def _add_hop_peaks(self, block: np.ndarray) -> None:
         samples = np.concatenate([self._hop_rest, block]) if self._hop_rest.shape[0] else block
@@ -265,21 +259,22 @@ class LogMelWindows:
             self._hop_peaks.append(np.abs(samples[:n_whole]).reshape(-1, HOP_LENGTH).max(axis=1))
         self._hop_rest = np.array(samples[n_whole:], dtype=np.float32)
 
-    def _push(self, samples: torch.Tensor) -> None:
+    def _push(self, samples: torch.Tensor, last: bool = False) -> None:
         if self._tail is None:
             self._head = torch.cat([self._head, samples])
-            if self._head.shape[0] > N_FFT // 2:
-                self._start(self._head)
+            if self._head.shape[0] > N_FFT // 2 or last:
+                self._start(self._head, last)
             return
-        self._frames(torch.cat([self._tail, samples]))
+        signal = torch.cat([self._tail, samples])
+        self._frames(_end_reflected(signal) if last else signal)
 
-    def _start(self, head: torch.Tensor) -> None:
+    def _start(self, head: torch.Tensor, last: bool) -> None:
         """The input's start, reflected (as torch.stft(center=True) pads), then its first frames."""
         pad = N_FFT // 2
-        reflected = head[1 : pad + 1].flip(0)
+        signal = torch.cat([head[1 : pad + 1].flip(0), head])
         self._head = torch.zeros(0, device=self.device)
         self._tail = torch.zeros(0, device=self.device)
-        self._frames(torch.cat([reflected, head]))
+        self._frames(_end_reflected(signal) if last else signal)
 
     def _frames(self, signal: torch.Tensor) -> None:
         """Make every frame that `signal` (from the next frame's start) holds; keep the rest as the tail."""
@@ -301,6 +296,11 @@ class LogMelWindows:
                 done += n
                 self.n_frames += n
         self._tail = signal[n_new * HOP_LENGTH :].clone()
+
+
+def _end_reflected(signal: torch.Tensor) -> torch.Tensor:
+    """`signal` and its last N_FFT // 2 samples reflected: what torch.stft(center=True) appends."""
+    return torch.cat([signal, signal[-(N_FFT // 2) - 1 : -1].flip(0)])
 
 
 def pad_or_trim(array: torch.Tensor, length: int = N_FRAMES, axis: int = -1) -> torch.Tensor:
