@@ -68,7 +68,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# {cpu_name()}, torch {torch.__version__}, {args.threads} threads, median of {args.repeats}")
     print(
-        "| clip | seconds | whole (ms) | windowed (ms) | windowed / whole | CPU whole / windowed (ms) | max diff |"
+        "| clip | seconds | whole (ms) | windowed (ms) | windowed / whole | CPU whole / windowed (ms) "
+        "| max diff |"
     )
     print("|---|---|---|---|---|---|---|")
     for path in args.clips:
