@@ -22,7 +22,7 @@ from typing import NamedTuple
 import gradio as gr
 from matplotlib.figure import Figure
 
-from asr.audio import audio_duration
+from asr.audio_io import audio_duration
 from asr.decoding import DecodingOptions
 from asr.errors import AsrError
 from asr.models import DEFAULT_MODEL, LoadedModel, list_models, load_model

@@ -7,6 +7,8 @@ the arguments `Blocks.launch` needs to enforce the same settings (upload size, t
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,42 @@ where the draft was right.
 """
 
 
+# "scheme://...": Gradio fetches an input file given as an http(s) URL itself, server side (issue #19).
+_REMOTE = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _file_paths(value: Any) -> Iterator[str]:
+    """The `path` of every FileData-like dict inside an input value (what Gradio would move to its cache)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("path"), str):
+            yield value["path"]
+        for item in value.values():
+            yield from _file_paths(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _file_paths(item)
+
+
+class LocalFilesBlocks(gr.Blocks):
+    """gr.Blocks that refuses input files given as URLs, before Gradio would fetch them.
+
+    Gradio resolves an input `{"path": "https://...", "meta": {"_type": "gradio.FileData"}}` by downloading
+    it, on the server, for whoever calls the API: with the app bound beyond loopback, a way to make the
+    server send requests for a client (request forgery). Its own guard only blocks private addresses. The
+    page never sends URLs (it uploads), so nothing legitimate is lost; the check runs on every input of
+    every event, as Gradio's move-to-cache step does.
+    """
+
+    def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
+        super().validate_inputs(block_fn, inputs)
+        for path in _file_paths(inputs):
+            if _REMOTE.match(path):
+                raise gr.Error(
+                    "Remote URLs are not accepted as input: upload the audio file itself.",
+                    print_exception=False,
+                )
+
+
 def _examples(samples_dir: Path | None) -> list[list[str]]:
     if samples_dir is None or not samples_dir.is_dir():
         return []
@@ -39,7 +77,7 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
     settings = settings or AppSettings()
     models = handlers.model_choices()
     default_model = handlers.DEFAULT_MODEL if handlers.DEFAULT_MODEL in models else models[0]
-    with gr.Blocks(
+    with LocalFilesBlocks(
         title="asr: speculative Whisper", analytics_enabled=False, delete_cache=CACHE_CLEANUP
     ) as demo:
         gr.Markdown(INTRO)

@@ -1,40 +1,22 @@
-"""Audio input and Whisper's log-mel front end: named constants plus pure functions.
-
-`load_audio` turns a path, encoded bytes or a numpy array into what every Whisper model expects: float32 mono
-samples at 16 kHz. Files are decoded with libsndfile (through soundfile) block by block, averaged to mono and
-resampled with soxr's "HQ" quality (librosa's default resampler) as they stream, so a long 44.1 kHz stereo
-file never sits in memory at its source rate. Every unusable input raises `AudioLoadError` with a one-line
-message that starts with the input's name.
+"""Whisper's log-mel front end: named constants plus pure functions.
 
 `log_mel_spectrogram` is Whisper's front end: a 25 ms periodic-Hann STFT every 10 ms, power spectrum, a Slaney
 mel filterbank, log10, a dynamic-range floor 8 decades below the peak, then (x + 4) / 4.
+
+Reading audio files and arrays into the 16 kHz float32 samples this module expects is `asr.audio_io`'s job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
-import logging
 import math
-import os
-import re
-import stat
-import struct
-import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from typing import BinaryIO
+import time
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 import torch.nn.functional as F
 
 from asr.errors import AudioLoadError, InvalidOptionError
-
-logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Hz; every Whisper model was trained on 16 kHz audio
 N_FFT = 400  # STFT window: 25 ms at 16 kHz
@@ -45,125 +27,13 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in one 30-s window (the en
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the encoder's stride-2 conv: one audio position per 2 mel frames
 TIME_PRECISION = N_SAMPLES_PER_TOKEN / SAMPLE_RATE  # 0.02 s between consecutive timestamp tokens
-DEFAULT_MAX_DURATION_S = 4 * 3600  # longer inputs are refused: 4 h at 16 kHz is already ~0.9 GB of float32
-
-# Suffixes this build of libsndfile (1.2, with mpg123 and opus) decodes; tests/test_audio.py round-trips each.
-# libsndfile sniffs the format from the content, so the suffix only serves to pick files out of a folder.
-AUDIO_EXTENSIONS = frozenset(
-    {
-        ".wav",
-        ".wave",
-        ".flac",
-        ".mp3",
-        ".ogg",
-        ".oga",
-        ".opus",
-        ".aiff",
-        ".aif",
-        ".aifc",
-        ".caf",
-        ".au",
-        ".snd",
-        ".w64",
-        ".rf64",
-    }
-)
 
 MEL_FMIN = 0.0  # Hz; lowest edge of the first mel filter
 MEL_FMAX = SAMPLE_RATE / 2  # Hz; 8000, the Nyquist frequency, top edge of the last mel filter
 LOG_MEL_FLOOR = 1e-10  # mel power clamp before log10, so silence gives -10 rather than -inf
 LOG_MEL_DYNAMIC_RANGE = 8.0  # decades kept below the loudest mel bin; quieter bins are raised to that floor
 
-MAX_ARRAY_CHANNELS = 8  # a 2-D array axis this short (and shorter than the other) is read as channels
-DECODE_BLOCK_FRAMES = 1 << 18  # frames per libsndfile read: ~6 s at 44.1 kHz, bounds peak memory
-SOXR_QUALITY = "HQ"  # soxr's high quality; librosa's default res_type "soxr_hq" is the same setting
-# Formats whose header length is an estimate, not a count: libsndfile guesses an MP3 without a Xing/Info frame
-# from its file size (ID3 cover art counts as audio), so it can be far too long. No early duration check on
-# these, and a short decode only logs a warning.
-_ESTIMATED_LENGTH_FORMATS = frozenset({"MP3"})
-TRUNCATION_TOLERANCE = 0.01  # a decode this much (fraction) shorter than its header declares is truncated
-# WAV writers that cannot seek back to fix the header leave a placeholder data size: 0, 0xFFFFFFFF, or a big
-# round value such as 0x7FFFF000. libsndfile then reads to the end of the file, and so do we.
-_WAV_PLACEHOLDER_MIN_SIZE = 0x7FFF0000
-_WAV_MAX_CHUNKS_SCANNED = 64  # fmt, fact, LIST, bext, JUNK...: a real header has a handful
-
-_BYTES_NAME = "<bytes>"
 _ARRAY_NAME = "<array>"
-
-AudioSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
-
-
-def load_audio(
-    source: AudioSource,
-    *,
-    sample_rate: int | None = None,
-    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
-    name: str | None = None,
-) -> np.ndarray:
-    """Read audio as float32 mono at `SAMPLE_RATE` (16 kHz); shape = (n_samples,).
-
-    source: a path to any file libsndfile decodes (see `AUDIO_EXTENSIONS`), the bytes of such a file, or
-        samples in a numpy array. Array layout: shape (n,) is mono; a 2-D array has a channel axis, which is
-        the axis of length <= `MAX_ARRAY_CHANNELS` (8) that is shorter than the other: (n, channels) or
-        (channels, n); an axis of length 1 is always the channel axis. Integer arrays are scaled to [-1, 1)
-        (uint8 is offset by 128, as in 8-bit WAV); float arrays are taken as they are. Channels are averaged.
-    sample_rate: the array's sample rate in Hz (default 16000). For arrays only: a file's header gives its
-        rate.
-    max_duration_s: refuse audio longer than this many seconds (None: no limit). Checked from the header
-        before decoding when the header's length is exact, so a huge file fails at once.
-    name: what error messages call the input (default: the path as given, "<bytes>" or "<array>").
-
-    Raises AudioLoadError, whose message is one line "<name>: <reason>", for a missing path, a directory, an
-    unreadable, empty, non-audio, truncated or corrupt file, no samples, NaN/inf samples, or too long a
-    duration; InvalidOptionError for a bad `sample_rate` or `max_duration_s`.
-    """
-    if max_duration_s is not None and not (max_duration_s > 0):
-        raise InvalidOptionError(
-            f"max_duration_s must be a positive number of seconds or None, got {max_duration_s}"
-        )
-    if isinstance(source, np.ndarray):
-        label = _ARRAY_NAME if name is None else name
-        rate = SAMPLE_RATE if sample_rate is None else sample_rate
-        _check_sample_rate(rate)
-        return _load_array(source, rate, max_duration_s, label)
-    if sample_rate is not None:
-        raise InvalidOptionError(
-            "sample_rate applies to numpy array input only; a file's or bytes' own header gives its rate"
-        )
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        label = _BYTES_NAME if name is None else name
-        data = bytes(source)
-        if not data:
-            raise AudioLoadError(f"{label}: is empty (0 bytes)")
-        _check_wav_not_truncated(io.BytesIO(data), len(data), label)
-        return _decode(lambda: sf.SoundFile(io.BytesIO(data)), max_duration_s, label)
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fsdecode(os.fspath(source))
-        label = path if name is None else name
-        _check_readable_audio_file(path, label)
-        return _decode(lambda: sf.SoundFile(path), max_duration_s, label)
-    label = type(source).__name__ if name is None else name
-    raise AudioLoadError(
-        f"{label}: unsupported input type {type(source).__name__}; expected a path, bytes or a numpy array"
-    )
-
-
-def audio_duration(path: str | os.PathLike) -> float:
-    """Duration in seconds read from the file's header, without decoding (cheap: for a progress-bar total).
-
-    Exact for most formats; an estimate from the file size for an MP3 without a Xing/Info frame.
-    Raises AudioLoadError ("<path>: <reason>") like `load_audio`.
-    """
-    label = os.fsdecode(os.fspath(path))
-    _check_readable_audio_file(label, label)
-    try:
-        with _without_mpg123_messages():
-            info = sf.info(label)
-    except Exception as error:
-        raise AudioLoadError(f"{label}: {_open_failure_reason(error)}") from error
-    if info.samplerate <= 0:
-        raise AudioLoadError(f"{label}: header gives an invalid sample rate ({info.samplerate} Hz)")
-    return info.frames / info.samplerate
 
 
 @functools.lru_cache(maxsize=8)  # n_mels is 80 or 128 in practice
@@ -251,6 +121,188 @@ def log_mel_spectrogram(
     return (log_mel + 4.0) / 4.0  # Whisper's fixed scaling to roughly [-1, 1]
 
 
+# Samples per STFT in `LogMelWindows` (~1 min): each call is big enough to run about as fast as one
+# whole-input STFT (a few seconds per call ran 2-3x slower), and its temporaries stay small (twice this size
+# left ~250 MB more of heap behind for a 3-h input).
+MEL_BLOCK_SAMPLES = 1 << 20
+# Frames per slab of `LogMelWindows`'s storage (~22 min): 42 MB with 80 mels, above glibc's largest mmap
+# threshold (32 MB), so each slab is a mapping of its own. Kept results of a few MB each, allocated between
+# freed STFT temporaries, had left the heap twice the log-mel's size, and never given back.
+MEL_SLAB_FRAMES = 1 << 17
+
+
+class LogMelWindows:
+    """Whisper's log-mel of a whole recording, built block by block and read one window at a time.
+
+    Equals `log_mel_spectrogram(samples, n_mels, padding)` frame for frame (to float32 rounding: the STFT
+    and the filterbank product run per block, so a value may differ in its last bit), but never holds the
+    samples, the STFT or the power spectrum of the whole recording (together ~5 GB for 4 h): feed it 16 kHz
+    float32 blocks with `add` as they are decoded, call `finish`, then read `window(start)`. It keeps the
+    log10 mel power before the dynamic-range floor (n_mels x 4 bytes per 10 ms: 0.46 GB for 4 h with 80
+    mels) and each hop's peak sample, for the silence gate. The floor needs the loudest bin of the whole
+    input, which is known only once the last block is in: hence the two steps.
+    """
+
+    def __init__(self, n_mels: int = 80, padding: int = 0, device: str | torch.device | None = None) -> None:
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise InvalidOptionError(f"padding must be a non-negative number of samples, got {padding!r}")
+        self.n_mels = n_mels
+        self.padding = padding
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._filters = mel_filters(n_mels).to(self.device)
+        self._hann = torch.hann_window(N_FFT, periodic=True, device=self.device)
+        self.n_samples = 0
+        self.n_frames = 0  # frames computed so far; after `finish`: (n_samples + padding) // HOP_LENGTH
+        self._head = torch.zeros(0, device=self.device)  # samples before the first frame could be made
+        self._tail: torch.Tensor | None = None  # from the next frame's first sample on (reflect-padded input)
+        self._slabs: list[torch.Tensor] = []  # un-floored log10 mel, shape = (n_mels, MEL_SLAB_FRAMES) each
+        self._hop_peaks: list[np.ndarray] = []
+        self._hop_rest = np.zeros(0, dtype=np.float32)  # samples of a hop not yet complete
+        self._pending: list[np.ndarray] = []  # samples added but not yet turned into frames
+        self._n_pending = 0
+        self.ceiling = -math.inf  # the loudest log10 mel bin so far
+        self.finished = False
+        self.time_s = 0.0  # seconds spent in `add` and `finish`
+
+    def add(self, samples: np.ndarray) -> None:
+        """Append 16 kHz mono float32 samples; shape = (n,)."""
+        assert not self.finished, "add after finish"
+        started = time.perf_counter()
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._add_hop_peaks(samples)
+        self.n_samples += samples.shape[0]
+        self._pending.append(np.array(samples))
+        self._n_pending += samples.shape[0]
+        if self._n_pending >= MEL_BLOCK_SAMPLES:
+            self._flush()
+        self.time_s += time.perf_counter() - started
+
+    def finish(self) -> LogMelWindows:
+        """Append the padding, make the last frames and fix the floor; returns self."""
+        if self.finished:
+            return self
+        started = time.perf_counter()
+        if self._hop_rest.shape[0]:
+            self._hop_peaks.append(np.abs(self._hop_rest).max(keepdims=True))
+        n_total = self.n_samples + self.padding
+        min_samples = N_FFT // 2 + 1  # reflect padding by N_FFT // 2 needs more samples than that
+        if n_total < min_samples:
+            raise AudioLoadError(
+                f"{_ARRAY_NAME}: has {n_total} samples (padding included); the log-mel front end needs at "
+                f"least {min_samples}"
+            )
+        if self.padding:  # with the input's last samples: a short clip takes one STFT, as the whole-input one
+            self._pending.append(np.zeros(self.padding, dtype=np.float32))
+        self._flush(last=True)
+        # center=True yields n // HOP_LENGTH + 1 frames; Whisper drops the last so 30 s give exactly N_FRAMES.
+        self.n_frames = n_total // HOP_LENGTH
+        del self._slabs[-(-self.n_frames // MEL_SLAB_FRAMES) :]
+        self.ceiling = max(
+            (
+                float(self._slice(start, min(start + MEL_SLAB_FRAMES, self.n_frames)).max())
+                for start in range(0, self.n_frames, MEL_SLAB_FRAMES)
+            ),
+            default=-math.inf,
+        )
+        self._tail = None
+        self.finished = True
+        self.time_s += time.perf_counter() - started
+        return self
+
+    def window(self, start: int, n_frames: int = N_FRAMES) -> torch.Tensor:
+        """Frames [start, start + n_frames), zero-padded past the end; shape = (n_mels, n_frames)."""
+        assert self.finished, "window before finish"
+        log_mel = self._slice(start, min(start + n_frames, self.n_frames))
+        log_mel = torch.maximum(log_mel, torch.tensor(self.ceiling - LOG_MEL_DYNAMIC_RANGE))
+        return pad_or_trim((log_mel + 4.0) / 4.0, n_frames)
+
+    def peak(self, start: int, n_frames: int) -> float:
+        """The largest |sample| under frames [start, start + n_frames) (the input's hops; padding is 0)."""
+        assert self.finished, "peak before finish"
+        peaks = np.concatenate(self._hop_peaks) if len(self._hop_peaks) > 1 else None
+        if peaks is not None:
+            self._hop_peaks = [peaks]
+        elif self._hop_peaks:
+            peaks = self._hop_peaks[0]
+        else:
+            return 0.0
+        return float(peaks[start : start + n_frames].max(initial=0.0))
+
+    def _slice(self, start: int, stop: int) -> torch.Tensor:
+        """Un-floored frames [start, stop) of the slabs; shape = (n_mels, stop - start)."""
+        pieces = []
+        position = start
+        while position < stop:
+            slab_index, offset = divmod(position, MEL_SLAB_FRAMES)
+            n = min(stop - position, MEL_SLAB_FRAMES - offset)
+            pieces.append(self._slabs[slab_index][:, offset : offset + n])
+            position += n
+        if len(pieces) == 1:
+            return pieces[0]
+        return torch.cat(pieces, dim=1) if pieces else self._filters.new_zeros(self.n_mels, 0)
+
+    def _flush(self, last: bool = False) -> None:
+        """Turn the pending samples into frames, `MEL_BLOCK_SAMPLES` at a time; `last`: the input ends."""
+        if not self._pending and not last:
+            return
+        samples = np.concatenate(self._pending) if self._pending else np.zeros(0, dtype=np.float32)
+        self._pending, self._n_pending = [], 0
+        starts = range(0, samples.shape[0], MEL_BLOCK_SAMPLES) or range(1)
+        for start in starts:
+            block = torch.from_numpy(samples[start : start + MEL_BLOCK_SAMPLES]).to(self.device)
+            self._push(block, last=last and start == starts[-1])
+
+    def _add_hop_peaks(self, block: np.ndarray) -> None:
+        samples = np.concatenate([self._hop_rest, block]) if self._hop_rest.shape[0] else block
+        n_whole = samples.shape[0] // HOP_LENGTH * HOP_LENGTH
+        if n_whole:
+            self._hop_peaks.append(np.abs(samples[:n_whole]).reshape(-1, HOP_LENGTH).max(axis=1))
+        self._hop_rest = np.array(samples[n_whole:], dtype=np.float32)
+
+    def _push(self, samples: torch.Tensor, last: bool = False) -> None:
+        if self._tail is None:
+            self._head = torch.cat([self._head, samples])
+            if self._head.shape[0] > N_FFT // 2 or last:
+                self._start(self._head, last)
+            return
+        signal = torch.cat([self._tail, samples])
+        self._frames(_end_reflected(signal) if last else signal)
+
+    def _start(self, head: torch.Tensor, last: bool) -> None:
+        """The input's start, reflected (as torch.stft(center=True) pads), then its first frames."""
+        pad = N_FFT // 2
+        signal = torch.cat([head[1 : pad + 1].flip(0), head])
+        self._head = torch.zeros(0, device=self.device)
+        self._tail = torch.zeros(0, device=self.device)
+        self._frames(_end_reflected(signal) if last else signal)
+
+    def _frames(self, signal: torch.Tensor) -> None:
+        """Make every frame that `signal` (from the next frame's start) holds; keep the rest as the tail."""
+        n_new = (signal.shape[0] - N_FFT) // HOP_LENGTH + 1 if signal.shape[0] >= N_FFT else 0
+        if n_new > 0:
+            # The kept result is allocated before the temporaries: freed, they leave one hole at the heap's
+            # top, not one between every two kept chunks (which made the heap twice the log-mel's size).
+            used = signal[: (n_new - 1) * HOP_LENGTH + N_FFT]
+            stft = torch.stft(used, N_FFT, HOP_LENGTH, window=self._hann, center=False, return_complex=True)
+            mel = self._filters @ stft.abs().square()  # shape = (n_mels, n_new)
+            log_mel = torch.clamp(mel, min=LOG_MEL_FLOOR).log10()
+            done = 0
+            while done < n_new:  # into the slabs, starting new ones as they fill
+                slab_index, offset = divmod(self.n_frames, MEL_SLAB_FRAMES)
+                if slab_index == len(self._slabs):
+                    self._slabs.append(torch.empty(self.n_mels, MEL_SLAB_FRAMES, device=self.device))
+                n = min(n_new - done, MEL_SLAB_FRAMES - offset)
+                self._slabs[slab_index][:, offset : offset + n] = log_mel[:, done : done + n]
+                done += n
+                self.n_frames += n
+        self._tail = signal[n_new * HOP_LENGTH :].clone()
+
+
+def _end_reflected(signal: torch.Tensor) -> torch.Tensor:
+    """`signal` and its last N_FFT // 2 samples reflected: what torch.stft(center=True) appends."""
+    return torch.cat([signal, signal[-(N_FFT // 2) - 1 : -1].flip(0)])
+
+
 def pad_or_trim(array: torch.Tensor, length: int = N_FRAMES, axis: int = -1) -> torch.Tensor:
     """Zero-pad or cut `array` along `axis` to exactly `length` (default N_FRAMES, one 30-s mel window).
 
@@ -291,261 +343,3 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     linear = mel * _SLANEY_HZ_PER_MEL
     logarithmic = _SLANEY_BREAK_HZ * np.exp(_SLANEY_LOGSTEP * (mel - _SLANEY_BREAK_MEL))
     return np.where(mel >= _SLANEY_BREAK_MEL, logarithmic, linear)
-
-
-def _check_sample_rate(rate: object) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
-        raise InvalidOptionError(f"sample_rate must be a positive integer number of Hz, got {rate!r}")
-
-
-def _one_line(text: object) -> str:
-    """Collapse whitespace so a library message (libsndfile's can span lines) fits a one-line report."""
-    return " ".join(str(text).split()).rstrip(".")
-
-
-def _check_readable_audio_file(path: str, label: str) -> None:
-    """Fail on what is wrong with a path before libsndfile sees it; libsndfile's own messages are vaguer."""
-    try:
-        info = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError) as error:
-        raise AudioLoadError(f"{label}: no such file") from error
-    except PermissionError as error:
-        raise AudioLoadError(f"{label}: permission denied") from error
-    except (OSError, ValueError) as error:  # ValueError: an embedded NUL byte
-        raise AudioLoadError(f"{label}: cannot be accessed ({_one_line(error)})") from error
-    if stat.S_ISDIR(info.st_mode):
-        raise AudioLoadError(f"{label}: is a directory, expected an audio file")
-    if not stat.S_ISREG(info.st_mode):
-        raise AudioLoadError(
-            f"{label}: is not a regular file (the decoder needs to seek; save the stream first)"
-        )
-    if info.st_size == 0:
-        raise AudioLoadError(f"{label}: is empty (0 bytes)")
-    try:
-        with open(path, "rb") as stream:
-            _check_wav_not_truncated(stream, info.st_size, label)
-    except PermissionError as error:
-        raise AudioLoadError(f"{label}: permission denied") from error
-    except OSError as error:
-        raise AudioLoadError(f"{label}: cannot be read ({_one_line(error)})") from error
-
-
-def _check_wav_not_truncated(stream: BinaryIO, size: int, label: str) -> None:
-    """Raise if a RIFF/WAVE file holds less sample data than its header declares.
-
-    libsndfile silently decodes whatever part of a cut-off WAV is present (a half-copied file comes back as
-    half the audio), so compare the data chunk's declared size with the bytes actually there. Other formats
-    are left to libsndfile, which either reports them corrupt or (MP3) to the decoded-length check.
-    """
-    riff = stream.read(12)
-    if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
-        return
-    position = 12
-    block_align = 0
-    for _ in range(_WAV_MAX_CHUNKS_SCANNED):
-        stream.seek(position)
-        header = stream.read(8)
-        if len(header) < 8:
-            return  # no data chunk: libsndfile reports that itself
-        chunk_id, declared = header[:4], struct.unpack("<I", header[4:])[0]
-        if chunk_id == b"fmt " and declared >= 14:
-            fmt = stream.read(14)
-            block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) == 14 else 0
-        if chunk_id == b"data":
-            present = size - position - 8
-            if declared == 0 or declared >= _WAV_PLACEHOLDER_MIN_SIZE or present >= declared:
-                return
-            if block_align > 0:
-                raise AudioLoadError(
-                    f"{label}: is truncated: its header declares {declared // block_align} sample frames but "
-                    f"the file holds {present // block_align}"
-                )
-            raise AudioLoadError(
-                f"{label}: is truncated: its header declares {declared} bytes of audio but the file holds "
-                f"{present}"
-            )
-        position += 8 + declared + (declared & 1)  # chunks are word-aligned
-        if position >= size:
-            return
-
-
-def _decoder_detail(error: BaseException) -> str:
-    """A decoder's complaint on one line, without libsndfile's "Error opening '<path>':" prefix."""
-    if isinstance(error, MemoryError):
-        return "not enough memory to decode it"
-    detail = _one_line(getattr(error, "error_string", None) or str(error) or type(error).__name__)
-    return detail.removeprefix("Error : ")
-
-
-def _open_failure_reason(error: BaseException) -> str:
-    """Why libsndfile could not open an input that exists and is readable."""
-    detail = _decoder_detail(error)
-    # The path was checked first, so libsndfile's "File does not exist or is not a regular file" is its mpg123
-    # front end's way of saying it recognises no format in the content.
-    if detail.startswith("File does not exist or is not a regular file") or detail == "Format not recognised":
-        return "is not a recognised audio format (or is corrupt)"
-    return f"cannot be decoded as audio ({detail})"
-
-
-# A message of libmpg123's own: "[src/libmpg123/parse.c:do_readahead():1083] warning: ..." (the source path
-# depends on the build).
-_MPG123_MESSAGE = re.compile(r"\[[^\]\n]*libmpg123/[^\]\n]*\][^\n]*\n?")
-_STDERR_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _without_mpg123_messages() -> Iterator[None]:
-    """Keep libmpg123's messages off the process's stderr while libsndfile sniffs a file's format.
-
-    libsndfile tries its MP3 decoder on bytes it does not recognise, and libmpg123 then writes warnings
-    straight to file descriptor 2 (not through Python): a user would see them beside our one-line error.
-    Meanwhile fd 2 goes to a temporary file; whatever else was written there (another thread's output) is
-    written back, libmpg123's messages go to the debug log. One sniff at a time: they are short.
-    """
-    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
-        try:
-            saved = os.dup(2)
-        except OSError:  # no fd 2 at all: nothing to keep clean
-            yield
-            return
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode(errors="replace")
-            for message in _MPG123_MESSAGE.findall(text):
-                logger.debug("libmpg123: %s", message.strip())
-            rest = _MPG123_MESSAGE.sub("", text)
-            if rest:
-                os.write(2, rest.encode())
-
-
-def _decode(open_file: Callable[[], sf.SoundFile], max_duration_s: float | None, label: str) -> np.ndarray:
-    """Decode a libsndfile-readable input block by block to float32 mono 16 kHz; shape = (n_samples,)."""
-    try:
-        with _without_mpg123_messages():
-            sound = open_file()
-    except Exception as error:
-        raise AudioLoadError(f"{label}: {_open_failure_reason(error)}") from error
-    with sound:
-        rate, n_channels, header_frames = sound.samplerate, sound.channels, sound.frames
-        if rate <= 0 or n_channels <= 0:
-            raise AudioLoadError(f"{label}: header gives {n_channels} channels at {rate} Hz")
-        length_is_exact = sound.format not in _ESTIMATED_LENGTH_FORMATS
-        if length_is_exact and max_duration_s is not None:
-            _check_duration(header_frames / rate, max_duration_s, label)
-        # Streamed soxr output equals one-shot `soxr.resample` on the whole signal, sample for sample.
-        resampler = None
-        if rate != SAMPLE_RATE:
-            resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=SOXR_QUALITY)
-        pieces: list[np.ndarray] = []
-        n_decoded = 0
-        try:
-            for block in _blocks(sound):
-                _check_finite(block, n_decoded, rate, label)
-                n_decoded += block.shape[0]
-                if max_duration_s is not None:
-                    _check_duration(n_decoded / rate, max_duration_s, label, partial=True)
-                pieces.append(block if resampler is None else resampler.resample_chunk(block))
-            if resampler is not None:
-                pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-        except AudioLoadError:
-            raise
-        except Exception as error:
-            raise AudioLoadError(f"{label}: is corrupt or truncated ({_decoder_detail(error)})") from error
-    if n_decoded == 0:
-        raise AudioLoadError(f"{label}: contains no audio samples")
-    _check_decoded_length(n_decoded, header_frames, rate, length_is_exact, label)
-    return np.concatenate(pieces).astype(np.float32, copy=False)
-
-
-def _blocks(sound: sf.SoundFile) -> Iterator[np.ndarray]:
-    """Mono float32 blocks until the decoder stops; shape = (n_block,).
-
-    Reads into a buffer rather than `sound.read(-1)`, which stops at the header's frame count: an estimate
-    for some MP3s that can be shorter than the audio.
-    """
-    buffer = np.empty((DECODE_BLOCK_FRAMES, sound.channels), dtype=np.float32)
-    while True:
-        block = sound.read(out=buffer)
-        if block.shape[0] == 0:
-            return
-        yield block.mean(axis=1, dtype=np.float32) if sound.channels > 1 else block[:, 0].copy()
-
-
-def _check_duration(duration_s: float, max_duration_s: float, label: str, *, partial: bool = False) -> None:
-    """Raise if too long; `partial`: only part of the input is decoded yet, so its length is a lower bound."""
-    if duration_s > max_duration_s:
-        length = f"at least {duration_s:.1f} s" if partial else f"{duration_s:.1f} s"
-        raise AudioLoadError(
-            f"{label}: is {length} long; the maximum is {max_duration_s:g} s "
-            "(set max_duration_s / --max-duration)"
-        )
-
-
-def _check_finite(block: np.ndarray, n_before: int, rate: int, label: str) -> None:
-    finite = np.isfinite(block)
-    if not finite.all():
-        first = n_before + int(np.argmin(finite))
-        raise AudioLoadError(f"{label}: contains NaN or infinite samples (the first at {first / rate:.3f} s)")
-
-
-def _check_decoded_length(n_decoded: int, header_frames: int, rate: int, exact: bool, label: str) -> None:
-    """A decode that ends well before the header's length means a cut-off file (e.g. an interrupted copy)."""
-    if header_frames <= 0 or n_decoded >= header_frames * (1 - TRUNCATION_TOLERANCE):
-        return
-    message = (
-        f"{label}: decoded {n_decoded / rate:.2f} s of the {header_frames / rate:.2f} s its header declares"
-    )
-    if exact:
-        raise AudioLoadError(f"{message}; the file is truncated or corrupt")
-    logger.warning("%s; it may be truncated (the header's length is an estimate for this format)", message)
-
-
-def _load_array(array: np.ndarray, rate: int, max_duration_s: float | None, label: str) -> np.ndarray:
-    """Validate and convert samples in memory to float32 mono 16 kHz; shape = (n_samples,)."""
-    samples = _to_float(array, label)
-    samples = _to_mono(samples, label)
-    if samples.shape[0] == 0:
-        raise AudioLoadError(f"{label}: contains no audio samples")
-    _check_finite(samples, 0, rate, label)
-    if max_duration_s is not None:
-        _check_duration(samples.shape[0] / rate, max_duration_s, label)
-    if rate != SAMPLE_RATE:
-        samples = soxr.resample(samples, rate, SAMPLE_RATE, quality=SOXR_QUALITY)
-    return np.array(samples, dtype=np.float32, copy=True)  # never hand back (a view of) the caller's array
-
-
-def _to_float(array: np.ndarray, label: str) -> np.ndarray:
-    """Samples as float32: signed integers divided by 2**(bits - 1), unsigned centred first."""
-    kind = array.dtype.kind
-    if kind == "f":
-        return array.astype(np.float32, copy=False)
-    if kind == "i":
-        return (array / float(2 ** (8 * array.dtype.itemsize - 1))).astype(np.float32)
-    if kind == "u":
-        half = float(2 ** (8 * array.dtype.itemsize - 1))
-        return ((array.astype(np.float64) - half) / half).astype(np.float32)
-    raise AudioLoadError(f"{label}: unsupported sample dtype {array.dtype}; expected integers or floats")
-
-
-def _to_mono(samples: np.ndarray, label: str) -> np.ndarray:
-    """Average the channel axis of a 2-D array (see `load_audio` for how it is chosen); shape = (n,)."""
-    if samples.ndim == 1:
-        return samples
-    if samples.ndim != 2:
-        raise AudioLoadError(
-            f"{label}: expected shape (n,), (n, channels) or (channels, n), got {samples.shape}"
-        )
-    n_rows, n_cols = samples.shape
-    if n_cols == 1 or (n_cols <= MAX_ARRAY_CHANNELS and n_cols < n_rows):
-        return samples.mean(axis=1, dtype=np.float32)
-    if n_rows == 1 or (n_rows <= MAX_ARRAY_CHANNELS and n_rows < n_cols):
-        return samples.mean(axis=0, dtype=np.float32)
-    raise AudioLoadError(
-        f"{label}: cannot tell channels from samples in shape {samples.shape}; expected (n,), (n, channels) "
-        f"or (channels, n) with at most {MAX_ARRAY_CHANNELS} channels, fewer than samples"
-    )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,19 +102,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err("interrupted; finished outputs are kept: run the same command again to resume")
         return EXIT_INTERRUPTED
     except Exception as exc:
-        from .errors import AsrError, InvalidOptionError
+        from .errors import AsrError, IncompatibleModelsError, InvalidOptionError, ModelNotFoundError
 
         if args.verbose:
             raise
         if isinstance(exc, AsrError | OSError):  # OSError: an output could not be written
             _err(f"error: {exc}")
-            return EXIT_USAGE if isinstance(exc, InvalidOptionError) else EXIT_FAILED
+            # an unknown --model or an unusable --draft is a bad option like any other (issue #19)
+            bad_option = InvalidOptionError | ModelNotFoundError | IncompatibleModelsError
+            return EXIT_USAGE if isinstance(exc, bad_option) else EXIT_FAILED
         _err(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for details)")
         return EXIT_FAILED
 
 
 def _err(message: str) -> None:
-    print(f"asr: {message}", file=sys.stderr, flush=True)
+    print(f"asr: {_escaped(message)}", file=sys.stderr, flush=True)
+
+
+def _escaped(text: str) -> str:
+    """`text` with control characters, backslashes and undecodable bytes written as escapes.
+
+    A report line names files, and a file name can hold a newline: printed as is, it could forge a line of
+    ours ("asr: ok ...") or hide one (issue #19). So every report line is escaped, as repr() would.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(ch if ch.isprintable() and ch != "\\" else repr(ch)[1:-1] for ch in text)
 
 
 def _models() -> int:
@@ -125,7 +140,7 @@ def _models() -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from .audio import DEFAULT_MAX_DURATION_S
+    from .audio_io import DEFAULT_MAX_DURATION_S
     from .decoding import DecodingOptions
     from .errors import InvalidOptionError
     from .transcribe import TranscribeOptions
@@ -173,19 +188,65 @@ def _transcribe(args: argparse.Namespace) -> int:
     # the options against the model, and the draft (a bad or incompatible one): one error, before any file
     transcriber = Transcriber(model, options, transcribe_options)
     if args.output_dir is not None:
-        try:  # after the option checks, before any work: a transcript that cannot be written is work lost
-            args.output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise InvalidOptionError(f"--output-dir {args.output_dir}: cannot create it ({reason})") from exc
+        # After the option checks (a typo creates no folder), before any decoding: a transcript that cannot
+        # be written is work lost.
+        _check_output_dir(args.output_dir)
+        # A run killed during a write (kill -9) left temp files of ours behind (issue #19).
+        from .writers import output_paths, remove_stale_temp_files
+
+        stems = [job.stem for job in jobs if job.stem is not None]
+        remove_stale_temp_files(path for stem in stems for path in output_paths(stem, formats).values())
     if single:
         return _run_single(transcriber, jobs[0], formats, args.overwrite, problems)
     return _run_batch(transcriber, jobs, formats, args.overwrite, problems)
 
 
+def _check_output_dir(output_dir: Path) -> None:
+    """Create `output_dir` and prove it writable by creating and removing a file in it.
+
+    Permission bits are not the answer: root ignores them (CAP_DAC_OVERRIDE), a read-only mount or a full
+    disk does not show in them. Issue #19: a batch used to transcribe every file, then fail every write.
+    """
+    from .errors import InvalidOptionError
+
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InvalidOptionError(f"--output-dir {output_dir}: cannot create it ({reason})") from exc
+    try:
+        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=".asr-write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InvalidOptionError(f"--output-dir {output_dir}: cannot write there ({reason})") from exc
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every entry under `folder` named like audio (sorted), and the subfolders that could not be read.
+
+    Not only regular files: a FIFO, a socket or a broken or looping symlink named *.wav is an input that
+    cannot be used, and is reported as one, not silently left out (issue #19). Symlinked folders are not
+    followed (no loops).
+    """
+    from .audio_io import AUDIO_EXTENSIONS
+
+    found: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+
+    def on_error(error: OSError) -> None:
+        where = Path(error.filename) if error.filename else folder
+        unreadable.append((where, f"folder cannot be read ({error.strerror or type(error).__name__})"))
+
+    # os.walk lists as files whatever is not a folder: FIFOs, sockets, broken and looping symlinks included.
+    for root, _, files in os.walk(folder, onerror=on_error):
+        found.extend(Path(root) / name for name in files if Path(name).suffix.lower() in AUDIO_EXTENSIONS)
+    return sorted(found), unreadable
+
+
 def _plan(paths: Sequence[Path], output_dir: Path | None) -> tuple[list[Job], list[tuple[Path, str]]]:
     """Expand folders into audio files and give each its output stem, mirrored under output_dir."""
-    from .audio import AUDIO_EXTENSIONS
     from .errors import InvalidOptionError
     from .writers import safe_output_stem
 
@@ -193,8 +254,9 @@ def _plan(paths: Sequence[Path], output_dir: Path | None) -> tuple[list[Job], li
     problems: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            files, unreadable = _walk(path)
             found.extend((f, f.relative_to(path)) for f in files)
+            problems.extend(unreadable)
         elif path.exists() or path.is_symlink():
             found.append((path, Path(path.name)))
         else:
@@ -287,7 +349,7 @@ def _run_single(transcriber: Transcriber, job: Job, formats, overwrite, problems
 def _run_batch(transcriber: Transcriber, jobs: list[Job], formats, overwrite, problems) -> int:
     from tqdm import tqdm
 
-    from .audio import audio_duration
+    from .audio_io import audio_duration
     from .errors import AsrError
     from .writers import write_result
 
@@ -311,25 +373,21 @@ def _run_batch(transcriber: Transcriber, jobs: list[Job], formats, overwrite, pr
             assert job.stem is not None, "a batch always has --output-dir"
             if not overwrite and _outputs_done(job.stem, formats):
                 n_skipped += 1
-                bar.write(f"asr: skip {job.path}: outputs exist", file=sys.stderr)
+                bar.write(f"asr: skip {_escaped(str(job.path))}: outputs exist", file=sys.stderr)
             else:
                 try:
                     result = transcriber.transcribe(job.path)
                     write_result(result, job.stem, formats)
                     n_done += 1
-                    bar.write(
-                        f"asr: ok {_summary_line(str(job.path), result.stats, result.duration_s)}",
-                        file=sys.stderr,
-                    )
+                    summary = _summary_line(str(job.path), result.stats, result.duration_s)
+                    bar.write(f"asr: ok {_escaped(summary)}", file=sys.stderr)
                 except (AsrError, OSError) as exc:  # OSError: its outputs could not be written
                     failed.append((job.path, str(exc)))
-                    bar.write(f"asr: FAILED {_named(job.path, str(exc))}", file=sys.stderr)
+                    bar.write(f"asr: FAILED {_escaped(_named(job.path, str(exc)))}", file=sys.stderr)
                 except Exception as exc:  # one broken file must not stop the batch
-                    failed.append((job.path, f"internal error: {type(exc).__name__}: {exc}"))
-                    bar.write(
-                        f"asr: FAILED {job.path}: internal error: {type(exc).__name__}: {exc}",
-                        file=sys.stderr,
-                    )
+                    reason = f"internal error: {type(exc).__name__}: {exc}"
+                    failed.append((job.path, reason))
+                    bar.write(f"asr: FAILED {_escaped(_named(job.path, reason))}", file=sys.stderr)
             bar.update(durations[job.path])
     elapsed = time.perf_counter() - started
     _err(

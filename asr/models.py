@@ -179,7 +179,14 @@ def _load_hf(name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel
             "transformers: pip install 'asr-speculative[hf]'"
         ) from exc
     directory = _hf_directory(name)
-    hf = WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
+    try:
+        hf = WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:  # transformers' own multi-line messages: one line of ours
+        raise ModelNotFoundError(
+            f"model {name!r}: {directory} cannot be loaded as a Whisper checkpoint ({type(exc).__name__}); "
+            f"expected a Hugging Face model folder (config.json, model.safetensors, tokenizer.json) or a "
+            f"bundled name ({', '.join(BUNDLED)})"
+        ) from exc
     state_dict = hf_to_state_dict(hf.state_dict(), hf.config)
     generation = getattr(hf, "generation_config", None)
     suppress = tuple(getattr(generation, "suppress_tokens", None) or ())
@@ -201,6 +208,11 @@ def _load_hf(name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel
 def _hf_directory(name: str) -> str:
     """A local directory holding the checkpoint: `name` itself, or its snapshot in the HF cache."""
     if Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"model {name!r}: the folder holds no config.json, so it is not a Hugging Face model folder "
+                f"(config.json, model.safetensors, tokenizer.json); bundled models: {', '.join(BUNDLED)}"
+            )
         return name
     if Path(name).exists() or "/" not in name:
         raise ModelNotFoundError(

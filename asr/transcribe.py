@@ -14,26 +14,15 @@ figures of each run are asr/figures.py's RunStats.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 
-from .audio import (
-    DEFAULT_MAX_DURATION_S,
-    HOP_LENGTH,
-    N_FRAMES,
-    N_SAMPLES,
-    SAMPLE_RATE,
-    TIME_PRECISION,
-    load_audio,
-    log_mel_spectrogram,
-    pad_or_trim,
-)
+from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, TIME_PRECISION, LogMelWindows
+from .audio_io import DEFAULT_MAX_DURATION_S, AudioSource, stream_audio
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, check_options, detect_language
 from .draft_factory import make_drafter
 from .drafting import Drafter, NoDraft
@@ -49,8 +38,6 @@ INPUT_STRIDE = N_FRAMES // 1500  # mel frames per encoder position (2): converts
 # A window whose peak is below -60 dBFS is silence: it is not decoded at all. Whisper's own no-speech rule
 # (below) lets "you" through on digital silence (P(no speech) 0.93 but an average log-prob above -1).
 SILENCE_PEAK = 10 ** (-60 / 20)
-
-Audio = str | os.PathLike | bytes | np.ndarray
 
 
 @dataclass
@@ -100,7 +87,7 @@ class Transcriber:
         beam_search = self.options.beam_size is not None
         self.drafter = drafter or make_drafter(self.options.draft, model, beam_search=beam_search)
 
-    def transcribe(self, audio: Audio) -> TranscriptionResult:
+    def transcribe(self, audio: AudioSource) -> TranscriptionResult:
         """One recording (a path, encoded bytes, or float samples at 16 kHz) to text and segments."""
         segments, info = self.stream(audio)
         collected = list(segments)
@@ -112,32 +99,36 @@ class Transcriber:
             stats=info.stats,
         )
 
-    def stream(self, audio: Audio) -> tuple[Iterator[Segment], TranscriptionInfo]:
-        """Segments as each window is decoded, and the info. Before it returns, the audio is read, its
-        log-mel computed and its language detected (a multilingual model, no language given: one encoder
-        pass); with `compare`, the plain target first transcribes the whole input. The windows are decoded
-        as the iterator is advanced."""
+    def stream(self, audio: AudioSource) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        """Segments as each window is decoded, and the info. Before it returns, the audio is read and its
+        log-mel computed (block by block, interleaved) and its language detected (a multilingual model, no
+        language given: one encoder pass); with `compare`, the plain target first transcribes the whole
+        input. The windows are decoded as the iterator is advanced."""
         t_start = time.perf_counter()
-        samples = load_audio(audio, max_duration_s=self.transcribe_options.max_duration_s)
-        load_s = time.perf_counter() - t_start
+        mel = _log_mel(self.model, audio, self.transcribe_options.max_duration_s)
+        load_s = time.perf_counter() - t_start  # decoding and the log-mel, interleaved
         reference = None
         if self.transcribe_options.compare and not isinstance(self.drafter, NoDraft):
-            # The plain target on the same samples, first and to completion: the figures compare against
+            # The plain target on the same log-mel, first and to completion: the figures compare against
             # it. Its step is timed (and so warmed) before: a cold process's first passes must not slow the
             # run speculation is measured against.
             single_pass_time(self.model, n_rows=self.options.beam_size or 1)
-            plain_segments, reference = self._stream_samples(samples, load_s, NoDraft(), None)
+            plain_segments, reference = self._stream_mel(mel, 0.0, 0.0, NoDraft(), None)
             for _ in plain_segments:
                 pass
-        return self._stream_samples(samples, load_s, self.drafter, reference)
+        return self._stream_mel(mel, load_s, mel.time_s, self.drafter, reference)
 
-    def _stream_samples(
-        self, samples: np.ndarray, load_s: float, drafter: Drafter, reference: TranscriptionInfo | None
+    def _stream_mel(
+        self,
+        mel: LogMelWindows,
+        load_s: float,
+        mel_s: float,
+        drafter: Drafter,
+        reference: TranscriptionInfo | None,
     ) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        """load_s: the time taken to read the audio and make its log-mel, of which mel_s the log-mel."""
         model, options = self.model, self.options
-        t_loaded = time.perf_counter()
-        t_start = t_loaded - load_s  # this run's clock: the one audio load, then its own work
-        mel = log_mel_spectrogram(samples, model.dims.n_mels, padding=N_SAMPLES, device=model.device)
+        t_start = time.perf_counter() - load_s  # this run's clock: the one audio load, then its own work
         stats = RunStats(
             target=model.name,
             draft=drafter.name,
@@ -147,15 +138,15 @@ class Transcriber:
             device=str(model.device),
             dtype=str(model.dtype).removeprefix("torch."),
         )
-        stats.time_s.load_audio = load_s
-        stats.time_s.mel = time.perf_counter() - t_loaded
+        stats.time_s.load_audio = load_s - mel_s
+        stats.time_s.mel = mel_s
         first_window = (
             None  # the first window's encoding and cross-attention projection, if detection made them
         )
         language, language_probability = options.language, 1.0
         if language is None:
             if model.tokenizer.multilingual:
-                features = _encode(model, pad_or_trim(mel, N_FRAMES), stats)
+                features = _encode(model, mel.window(0), stats)
                 start = time.perf_counter()
                 with torch.inference_mode():
                     cross = model.model.decoder.project_audio(features)
@@ -165,17 +156,15 @@ class Transcriber:
                 language_probability = probs[language]
             else:
                 language = "en"
-        info = TranscriptionInfo(language, language_probability, len(samples) / SAMPLE_RATE, stats)
+        info = TranscriptionInfo(language, language_probability, mel.n_samples / SAMPLE_RATE, stats)
         window_options = replace(options, language=language)
-        segments = _segments(
-            model, samples, mel, window_options, self.transcribe_options, info, first_window, drafter
-        )
+        segments = _segments(model, mel, window_options, self.transcribe_options, info, first_window, drafter)
         return _finished(segments, model, info, t_start, reference), info
 
 
 def transcribe(
     model: LoadedModel,
-    audio: Audio,
+    audio: AudioSource,
     options: DecodingOptions | None = None,
     transcribe_options: TranscribeOptions | None = None,
     **option_overrides: Any,
@@ -190,7 +179,7 @@ def transcribe(
 
 def transcribe_stream(
     model: LoadedModel,
-    audio: Audio,
+    audio: AudioSource,
     options: DecodingOptions | None = None,
     transcribe_options: TranscribeOptions | None = None,
     **option_overrides: Any,
@@ -215,6 +204,15 @@ def _finished(
     finish(info.stats, model, info.duration_s, t_start, plain, identical)
 
 
+def _log_mel(model: LoadedModel, audio: AudioSource, max_duration_s: float | None) -> LogMelWindows:
+    """The log-mel of the whole input plus 30 s of silence, made as the audio is decoded: memory holds the
+    log-mel (0.46 GB for 4 h with 80 mels), never all the samples or a whole-input STFT (issue #19)."""
+    mel = LogMelWindows(model.dims.n_mels, padding=N_SAMPLES, device=model.device)
+    for block in stream_audio(audio, max_duration_s=max_duration_s):
+        mel.add(block)
+    return mel.finish()
+
+
 def _encode(model: LoadedModel, mel_window: torch.Tensor, stats: RunStats) -> torch.Tensor:
     start = time.perf_counter()
     with torch.inference_mode():
@@ -225,8 +223,7 @@ def _encode(model: LoadedModel, mel_window: torch.Tensor, stats: RunStats) -> to
 
 def _segments(
     model: LoadedModel,
-    samples: np.ndarray,
-    mel: torch.Tensor,
+    mel: LogMelWindows,
     options: DecodingOptions,
     transcribe_options: TranscribeOptions,
     info: TranscriptionInfo,
@@ -235,7 +232,7 @@ def _segments(
 ) -> Iterator[Segment]:
     tokenizer = model.tokenizer
     stats = info.stats
-    content_frames = mel.shape[-1] - N_FRAMES
+    content_frames = mel.n_frames - N_FRAMES
     seek = 0
     all_tokens: list[int] = []
     costs = pass_costs(model, drafter.name, options.beam_size) if options.beam_size is not None else None
@@ -244,12 +241,11 @@ def _segments(
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
         segment_size = min(N_FRAMES, content_frames - seek)
         segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
-        window = samples[seek * HOP_LENGTH : (seek + segment_size) * HOP_LENGTH]
-        if np.abs(window).max(initial=0.0) < SILENCE_PEAK:
+        if mel.peak(seek, segment_size) < SILENCE_PEAK:
             stats.n_silent_windows += 1
             seek += segment_size
             continue
-        mel_window = pad_or_trim(mel[:, seek : seek + N_FRAMES], N_FRAMES)
+        mel_window = mel.window(seek, N_FRAMES)
         cross = None
         if seek == 0 and first_window is not None:
             features, cross = first_window

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,6 +27,8 @@ FORMATS: tuple[str, ...] = ("txt", "srt", "vtt", "json", "tsv")
 # At most this many characters of the target's name go into its temp file's name: the temp name adds 14 bytes
 # and a name may not exceed 255 bytes (48 characters are at most 192 bytes of UTF-8).
 _TMP_NAME_CHARS = 48
+# tempfile's random part of a name: 8 characters of this alphabet (tempfile._RandomNameSequence)
+_TMP_RANDOM = re.compile(r"[a-z0-9_]{8}")
 
 
 # --- pure formatting ----------------------------------------------------------------------------------------
@@ -241,6 +244,38 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name[:_TMP_NAME_CHARS]}."
+
+
+def remove_stale_temp_files(paths: Iterable[Path]) -> list[Path]:
+    """Remove the temp files `write_atomic` left beside these output paths; return what was removed.
+
+    `write_atomic` removes its temp file on any error, but not when the process is killed (kill -9, power
+    loss) between creating and renaming it: `.talk.txt.k3j_x9q2.tmp` would stay forever (issue #19). Call
+    this when a run starts on an output folder. Only names `write_atomic` makes for exactly these paths
+    are touched; each folder is listed once. Not for two runs writing the same outputs at the same time.
+    """
+    wanted: dict[Path, set[str]] = {}
+    for path in paths:
+        wanted.setdefault(Path(path).parent, set()).add(_tmp_prefix(Path(path)))
+    removed: list[Path] = []
+    for folder, prefixes in wanted.items():
+        try:
+            names = os.listdir(folder)
+        except OSError:  # not created yet, or unreadable: nothing of ours to find
+            continue
+        for name in names:
+            if not (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            prefix, _, random = name[: -len(".tmp")].rpartition(".")
+            if prefix + "." in prefixes and _TMP_RANDOM.fullmatch(random):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    (folder / name).unlink()
+                    removed.append(folder / name)
+    return removed
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` (UTF-8, newlines as given) to `path`; readers see the old file or the new, never half.
 
@@ -256,7 +291,7 @@ def write_atomic(path: Path, text: str) -> None:
         newline="",
         delete=False,
         dir=path.parent,
-        prefix=f".{path.name[:_TMP_NAME_CHARS]}.",
+        prefix=_tmp_prefix(path),
         suffix=".tmp",
     )
     tmp_path = Path(tmp.name)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from asr.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+from asr.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+from asr.audio_io import load_audio
 from asr.models import load_model
 from benchmarks.machine import cpu_name
 

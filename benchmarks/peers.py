@@ -330,7 +330,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def drive(args: argparse.Namespace) -> None:
-    from asr.audio import load_audio
+    from asr.audio_io import load_audio
 
     names = [n.strip() for n in args.systems.split(",")] if args.systems else list(SYSTEMS)
     unknown = [n for n in names if n not in SYSTEMS]

