@@ -82,10 +82,9 @@ def check_options(model: LoadedModel, options: DecodingOptions) -> None:
     (DecodingOptions checks the rest when it is made.) One place, once per run."""
     tokenizer = model.tokenizer
     if options.language is not None and options.language not in tokenizer.languages:
-        if not tokenizer.multilingual:
-            raise InvalidOptionError(f"model {model.name!r} is English-only; --language must be en or auto")
+        english_only = "" if tokenizer.multilingual else " (English-only)"
         raise InvalidOptionError(
-            f"language {options.language!r} is not supported by {model.name!r}; "
+            f"language {options.language!r} is not supported by {model.name!r}{english_only}; "
             f"allowed: {', '.join(tokenizer.languages)}, auto"
         )
     if not tokenizer.multilingual and options.task == "translate":
