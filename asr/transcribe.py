@@ -140,9 +140,8 @@ class Transcriber:
         )
         stats.time_s.load_audio = load_s - mel_s
         stats.time_s.mel = mel_s
-        first_window = (
-            None  # the first window's encoding and cross-attention projection, if detection made them
-        )
+        # the first window's encoding and cross-attention projection, if language detection made them
+        first_window = None
         language, language_probability = options.language, 1.0
         if language is None:
             if model.tokenizer.multilingual:
