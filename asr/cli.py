@@ -116,7 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _err(message: str) -> None:
-    print(f"asr: {_escaped(message)}", file=sys.stderr, flush=True)
+    print(_report_line(message), file=sys.stderr, flush=True)
+
+
+def _report_line(message: str) -> str:
+    """A line of ours on stderr: "asr: " and the message, escaped (every report line goes through here)."""
+    return f"asr: {_escaped(message)}"
 
 
 def _escaped(text: str) -> str:
@@ -373,21 +378,21 @@ def _run_batch(transcriber: Transcriber, jobs: list[Job], formats, overwrite, pr
             assert job.stem is not None, "a batch always has --output-dir"
             if not overwrite and _outputs_done(job.stem, formats):
                 n_skipped += 1
-                bar.write(f"asr: skip {_escaped(str(job.path))}: outputs exist", file=sys.stderr)
+                bar.write(_report_line(f"skip {job.path}: outputs exist"), file=sys.stderr)
             else:
                 try:
                     result = transcriber.transcribe(job.path)
                     write_result(result, job.stem, formats)
                     n_done += 1
                     summary = _summary_line(str(job.path), result.stats, result.duration_s)
-                    bar.write(f"asr: ok {_escaped(summary)}", file=sys.stderr)
+                    bar.write(_report_line(f"ok {summary}"), file=sys.stderr)
                 except (AsrError, OSError) as exc:  # OSError: its outputs could not be written
                     failed.append((job.path, str(exc)))
-                    bar.write(f"asr: FAILED {_escaped(_named(job.path, str(exc)))}", file=sys.stderr)
+                    bar.write(_report_line(f"FAILED {_named(job.path, str(exc))}"), file=sys.stderr)
                 except Exception as exc:  # one broken file must not stop the batch
                     reason = f"internal error: {type(exc).__name__}: {exc}"
                     failed.append((job.path, reason))
-                    bar.write(f"asr: FAILED {_escaped(_named(job.path, reason))}", file=sys.stderr)
+                    bar.write(_report_line(f"FAILED {_named(job.path, reason)}"), file=sys.stderr)
             bar.update(durations[job.path])
     elapsed = time.perf_counter() - started
     _err(
