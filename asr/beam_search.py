@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .drafting import Drafter, TreeProposal
 from .logit_filters import apply_filters
-from .loop import DraftLength, LoopResult, LoopRun, WindowInputs
+from .loop import DraftLength, LoopResult, LoopRun, WindowInputs, ranking_score
 from .model import TextDecoder
 
 
@@ -88,15 +88,9 @@ class BeamSearch:
 
 
 def rank(candidates: Sequence[BeamCandidate], length_penalty: float | None) -> BeamCandidate:
-    """openai/whisper's MaximumLikelihoodRanker: log-probability over a length penalty (None: the length;
-    else the Google NMT penalty ((5 + length) / 6) ** length_penalty)."""
+    """The best candidate by openai/whisper's MaximumLikelihoodRanker (loop.ranking_score)."""
 
-    def score(candidate: BeamCandidate) -> float:
-        length = len(candidate.tokens)
-        penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
-        return candidate.sum_logprob / max(penalty, 1e-9)
-
-    return max(candidates, key=score)
+    return max(candidates, key=lambda c: ranking_score(c.sum_logprob, len(c.tokens), length_penalty))
 
 
 # The draft's beam search keeps DRAFT_WIDTH x B beams: the target's B-th and (B+1)-th candidates are often

@@ -7,6 +7,8 @@ drafter proposes nothing (drafting.NoDraft), one target pass per token (step).
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,12 +23,16 @@ from .logit_filters import ApplyTimestampRules, LogitFilter, SuppressAtBegin, Su
 from .loop import DraftLength, LoopResult, PassCosts, WindowInputs
 from .model import CrossKV
 from .models import LoadedModel
+from .sampling import GumbelChoice, hash_key, row_generators
 from .sequence_loop import sequence_loop
 from .tokenizer import TASKS
-from .verify import GreedyVerifier, Verifier
+from .verify import EqualityVerifier, GreedyVerifier, RejectionVerifier, Verifier
 
 MAX_DRAFT_K = 16
 MAX_BEAM_SIZE = 16
+MAX_BEST_OF = 16
+MAX_TEMPERATURE = 10.0
+SAMPLING = ("coupled", "rejection")
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,13 @@ class DecodingOptions:
     draft_k: int | None = None  # tokens proposed per target pass; None: adaptive
     beam_size: int | None = None  # None: greedy; else beam search with this many beams
     patience: float | None = None  # beam search: finished candidates to collect = round(beam_size * patience)
-    length_penalty: float | None = None  # beam ranking: None divides by length, else ((5 + len) / 6) ** alpha
+    length_penalty: float | None = None  # ranking (beams, samples): None divides by length, else NMT's
+    temperature: float = 0.0  # 0: greedy, or beam search with beam_size; > 0: sampling
+    best_of: int = 5  # samples per window at temperature > 0, the best ranked kept (beam_size is unused)
+    seed: int = 0  # sampling's noise is a function of (seed, window, temperature, sample, position)
+    sampling: str = "coupled"  # how speculative sampling verifies: "coupled" (seeded noise shared by draft
+    # and target: token-identical to plain sampling) or "rejection" (Leviathan et al.: the same
+    # distribution, not the same tokens)
 
     def __post_init__(self) -> None:
         if self.beam_size is not None and not 1 <= self.beam_size <= MAX_BEAM_SIZE:
@@ -57,6 +69,14 @@ class DecodingOptions:
             raise InvalidOptionError("length_penalty (--length-penalty) must be between 0 and 1")
         if self.draft_k is not None and not 1 <= self.draft_k <= MAX_DRAFT_K:
             raise InvalidOptionError(f"draft_k (--draft-k) must be 1 to {MAX_DRAFT_K}, or unset (adaptive)")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE or math.isnan(self.temperature):
+            raise InvalidOptionError(
+                f"temperature (--temperature) must be 0 to {MAX_TEMPERATURE:g}, got {self.temperature}"
+            )
+        if not 1 <= self.best_of <= MAX_BEST_OF:
+            raise InvalidOptionError(f"best_of (--best-of) must be 1 to {MAX_BEST_OF}, got {self.best_of}")
+        if self.sampling not in SAMPLING:
+            raise InvalidOptionError(f"unknown sampling {self.sampling!r}; allowed: {', '.join(SAMPLING)}")
         if self.task not in TASKS:
             raise InvalidOptionError(f"unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
         if self.sample_len is not None and self.sample_len < 1:
@@ -66,14 +86,33 @@ class DecodingOptions:
 
     @property
     def strategy(self) -> str:
-        """How each step's token is chosen: "beam" (beam search) or "greedy"."""
+        """How each step's token is chosen: "sample" (temperature > 0), "beam" (beam search) or "greedy"."""
+        if self.temperature > 0:
+            return "sample"
         return "beam" if self.beam_size is not None else "greedy"
 
+    @property
+    def n_rows(self) -> int:
+        """The rows a window decodes at once: best_of samples, beam_size beams, or one."""
+        if self.strategy == "sample":
+            return self.best_of
+        return self.beam_size or 1
 
-# The verifier of each strategy the sequence loop runs, built from the window's filters: a new strategy is
-# one Verifier class plus one entry here.
-VERIFIERS: dict[str, Callable[[DecodingOptions, Sequence[LogitFilter]], Verifier]] = {
-    "greedy": lambda options, filters: GreedyVerifier(filters),
+
+def _sampling_verifier(options: DecodingOptions, filters: Sequence[LogitFilter], key: int) -> Verifier:
+    if options.sampling == "rejection":
+        n = options.best_of
+        return RejectionVerifier(
+            filters, options.temperature, row_generators(key, n, 1), row_generators(key, n, 2)
+        )
+    return EqualityVerifier(filters, GumbelChoice(key, options.temperature))
+
+
+# The verifier of each strategy the sequence loop runs, built from the window's filters and its sampling key:
+# a new strategy is one Verifier class plus one entry here.
+VERIFIERS: dict[str, Callable[[DecodingOptions, Sequence[LogitFilter], int], Verifier]] = {
+    "greedy": lambda options, filters, key: GreedyVerifier(filters),
+    "sample": _sampling_verifier,
 }
 
 
@@ -100,6 +139,8 @@ class DecodingResult:
     no_speech_prob: float
     decode_time_s: float
     loop: LoopResult  # passes, proposals, acceptance, stage times
+    temperature: float = 0.0
+    compression_ratio: float = 0.0  # of the text: gzip's (zlib's) ratio; high for repetitive text
 
     @property
     def avg_logprob(self) -> float:
@@ -119,13 +160,17 @@ class DecodingTask:
         options: DecodingOptions,
         language: str | None,
         previous_tokens: list[int] | None = None,
+        seek: int = 0,
     ) -> None:
+        """previous_tokens: text tokens to condition on (the last half-context of them is the prompt);
+        seek: the window's first mel frame (with the seed and temperature, the key of its sampling noise)."""
         tokenizer = model.tokenizer
         dims = model.dims
         if model.tokenizer.multilingual and language is None:
             raise InvalidOptionError("a multilingual model needs a language (or detect one first)")
         self.model = model
         self.options = options
+        self.sampling_key = hash_key(options.seed, seek, round(options.temperature * 1000))
         self.eot = tokenizer.eot
         self.sample_len = options.sample_len or dims.n_text_ctx // 2
 
@@ -215,18 +260,34 @@ class DecodingTask:
                 options.length_penalty,
             )
         else:
-            verifier = VERIFIERS[options.strategy](options, self.filters)
-            loop = sequence_loop(window, drafter, verifier, DraftLength(options.draft_k))
+            verifier = VERIFIERS[options.strategy](options, self.filters, self.sampling_key)
+            loop = sequence_loop(
+                window,
+                drafter,
+                verifier,
+                DraftLength(options.draft_k),
+                options.n_rows,
+                options.length_penalty,
+            )
         return self._result(loop)
 
     def _result(self, loop: LoopResult) -> DecodingResult:
+        text = self.model.tokenizer.decode(loop.tokens).strip()
         return DecodingResult(
             tokens=loop.tokens,
             sum_logprob=loop.sum_logprob,
             no_speech_prob=self.no_speech_prob(loop.prompt_hidden),
             decode_time_s=loop.decode_time_s,
             loop=loop,
+            temperature=self.options.temperature,
+            compression_ratio=compression_ratio(text),
         )
+
+
+def compression_ratio(text: str) -> float:
+    """How much zlib compresses the text: Whisper's sign of a repetition loop (> 2.4 by default)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 @torch.inference_mode()

@@ -23,7 +23,7 @@ from .native_draft import NativeDraft
 from .native_draft import library as native_library
 from .quantised import self_draft_cross_dtype, self_draft_decoder, self_draft_dtype
 
-DraftFactory = Callable[[LoadedModel, bool], Drafter]  # (target, beam_search) -> a new drafter
+DraftFactory = Callable[[LoadedModel, bool], Drafter]  # (target, batched) -> a new drafter
 _FACTORIES: dict[str, DraftFactory] = {}
 
 
@@ -41,18 +41,18 @@ def draft_names() -> tuple[str, ...]:
     return tuple(_FACTORIES)
 
 
-def make_drafter(spec: str, target: LoadedModel, beam_search: bool = False) -> Drafter:
-    """The drafter named by `spec` (a registered name, or a model name) for `target`; `beam_search` picks
+def make_drafter(spec: str, target: LoadedModel, batched: bool = False) -> Drafter:
+    """The drafter named by `spec` (a registered name, or a model name) for `target`; `batched` picks
     the weights fit for proposing many rows at a time."""
     if spec in _FACTORIES:
-        return _FACTORIES[spec](target, beam_search)
+        return _FACTORIES[spec](target, batched)
     if not spec:
         raise InvalidOptionError(f"draft must be {', '.join(map(repr, _FACTORIES))} or a model name")
     return _model_draft(spec, target)
 
 
 @register_drafter("none")
-def _no_draft(target: LoadedModel, beam_search: bool) -> Drafter:
+def _no_draft(target: LoadedModel, batched: bool) -> Drafter:
     return NoDraft()
 
 
@@ -64,10 +64,10 @@ _LOCK = threading.Lock()
 
 
 @register_drafter("self")
-def _self_draft(target: LoadedModel, beam_search: bool) -> Drafter:
+def _self_draft(target: LoadedModel, batched: bool) -> Drafter:
     """A cheap copy of the target itself: the native step where it can run, else PyTorch modules."""
     eot = target.tokenizer.eot
-    dtype = self_draft_dtype(target.device, beam_search)
+    dtype = self_draft_dtype(target.device, batched)
     with _LOCK:
         # the kernel keeps the target's cache layout, float32 (a bf16 or fp16 target on a CPU drafts in
         # PyTorch)

@@ -1,10 +1,12 @@
-"""Drafters: cheap proposers of the next k tokens (q, the draft's distribution, taken greedily).
+"""Drafters: cheap proposers of the next k tokens, chosen from q (the draft's distribution) as the verifier
+asks (asr/sampling.py: greedily, or sampled).
 
-A drafter is two methods (the idea of transformers' candidate generators): `propose(tokens, k)` continues
-the committed prefix with up to k tokens, applying Whisper's rules at each position with that position's
-own prefix, and returns them as a Proposal with the draft's filtered logits; `start(window)` readies it for
-a new 30-s window. Beam search asks instead for a tree (`propose_beams`). A drafter keeps its own KV cache
-and, on the next proposal, crops it back to the longest prefix it shares with what the target committed.
+A drafter is two methods (the idea of transformers' candidate generators): `propose(sequences, until,
+choice, rows)` continues each committed sequence (the rows of a batch: best-of samples) up to `until`
+tokens, applying Whisper's rules at each position with that position's own prefix, and returns Proposals
+with the draft's filtered logits; `start(window)` readies it for a new 30-s window. Beam search asks
+instead for a tree (`propose_beams`). A drafter keeps its own KV cache and, on the next proposal, crops it
+back to the longest prefix it shares with what the target committed.
 
 The kinds, each a small class (asr/draft_factory.py builds them from a `--draft` name):
 - NoDraft: proposes nothing; a loop is then plain decoding with the target alone.
@@ -25,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from .kv_cache import KVCache
-from .logit_filters import LogitFilter, apply_filters, argmax_rows
+from .logit_filters import LogitFilter, apply_filters
 from .model import TextDecoder
 from .native_draft import NativeDraft, NativeWindow
+from .sampling import TokenChoice
 
 
 @dataclass
@@ -64,14 +67,19 @@ TreeProposal = list[tuple[int, list[int]]]
 class Drafter(ABC):
     name: str  # the draft's name in the figures
     step: str | None = None  # how draft steps run, for the figures: "native", "pytorch", or None (no draft)
+    max_rows: int | None = None  # the most rows it drafts at once (None: any)
 
     @abstractmethod
     def start(self, window: Window) -> None:
         """Forget the previous window and prepare for this one."""
 
     @abstractmethod
-    def propose(self, tokens: list[int], k: int) -> Proposal:
-        """Up to k tokens continuing `tokens` (the committed sequence, prompt included)."""
+    def propose(
+        self, sequences: list[list[int]], until: int, choice: TokenChoice, rows: Sequence[int]
+    ) -> list[Proposal]:
+        """For each committed sequence (prompt included), the tokens continuing it up to `until` tokens in
+        all (none for one as long already; fewer at EOT or the text context's end), each chosen by `choice`
+        from the draft's logits after Whisper's rules; rows[i]: sequence i's sample row (its key)."""
 
     @abstractmethod
     def propose_beams(
@@ -95,8 +103,10 @@ class NoDraft(Drafter):
     def start(self, window: Window) -> None:
         pass
 
-    def propose(self, tokens: list[int], k: int) -> Proposal:
-        return NO_PROPOSAL
+    def propose(
+        self, sequences: list[list[int]], until: int, choice: TokenChoice, rows: Sequence[int]
+    ) -> list[Proposal]:
+        return [NO_PROPOSAL for _ in sequences]
 
     def propose_beams(
         self, roots: list[list[int]], root_scores: list[float], k: int, width: int
@@ -129,7 +139,8 @@ class DecoderDrafter(Drafter):
 
     def _sync(self, roots: list[list[int]]) -> list[list[int]]:
         """Point cache row i at roots[i]: take the row sharing the longest prefix with it, crop every row
-        to the shortest such prefix, and return what each row has still to be fed (equal lengths)."""
+        to the shortest such prefix, and return what each row has still to be fed up to the shortest
+        root's length (equal lengths)."""
         assert self.cache is not None, "start() first"
 
         def shared(row: list[int], root: list[int]) -> int:
@@ -145,7 +156,8 @@ class DecoderDrafter(Drafter):
         if best != list(range(len(roots))):
             self.cache.reorder(torch.tensor(best))
         self.fed = [list(root[:n_shared]) for root in roots]
-        return [root[n_shared:] for root in roots]
+        shortest = min(len(root) for root in roots)
+        return [root[n_shared:shortest] for root in roots]
 
     def _step(self, pending: list[list[int]]) -> Tensor:
         """Feed each row its pending tokens; the next-token logits, shape = (n_rows, n_vocab), a tensor of
@@ -161,22 +173,37 @@ class DecoderDrafter(Drafter):
             row.extend(tokens)
         return logits
 
-    def propose(self, tokens: list[int], k: int) -> Proposal:
-        pending = self._sync([tokens])
+    def propose(
+        self, sequences: list[list[int]], until: int, choice: TokenChoice, rows: Sequence[int]
+    ) -> list[Proposal]:
+        # The rows advance together, one position a step: a row whose committed tokens reach a position
+        # feeds its own token there, a row proposing feeds its proposal, a row whose proposal ended (EOT)
+        # feeds padding (EOT again: nothing reads past it).
+        pending = self._sync(sequences)
         assert self.cache is not None
-        k = min(k, self.cache.n_ctx - len(tokens))
-        proposed: list[int] = []
-        rows: list[Tensor] = []
-        for _ in range(k):
-            logits = self._logits(pending)
-            apply_filters(self.filters, logits, [tokens + proposed])
-            (token,) = argmax_rows(logits)
-            proposed.append(token)
-            rows.append(logits[0])
-            if token == self.eot:
+        until = min(until, self.cache.n_ctx)
+        n = len(sequences)
+        proposed: list[list[int]] = [[] for _ in range(n)]
+        q_rows: list[list[Tensor]] = [[] for _ in range(n)]
+        open_rows = [len(s) < until for s in sequences]
+        for position in range(min(len(s) for s in sequences), until):
+            if not any(open_rows):
                 break
-            pending = [[token]]
-        return Proposal(proposed, rows)
+            logits = self._logits(pending)  # each row's next-token logits, for `position`
+            need = [r for r in range(n) if open_rows[r] and len(sequences[r]) <= position]
+            if need:
+                chosen_logits = logits if len(need) == n else logits[need]
+                apply_filters(self.filters, chosen_logits, [sequences[r] + proposed[r] for r in need])
+                chosen = choice.choose(chosen_logits, [(rows[r], position) for r in need])
+                for j, (r, token) in enumerate(zip(need, chosen, strict=True)):
+                    proposed[r].append(token)
+                    q_rows[r].append(chosen_logits[j])
+                    open_rows[r] = token != self.eot
+            pending = [
+                [s[position] if position < len(s) else (p[-1] if p else self.eot)]
+                for s, p in zip(sequences, proposed, strict=True)
+            ]
+        return [Proposal(p, q) for p, q in zip(proposed, q_rows, strict=True)]
 
     def propose_beams(
         self, roots: list[list[int]], root_scores: list[float], k: int, width: int
@@ -267,6 +294,7 @@ class NativeSelfDrafter(SelfDrafter):
     target's). One row only (greedy); `decoder`, the target's own, gives the cache its shape and float32."""
 
     step = "native"
+    max_rows = 1
 
     def __init__(self, name: str, decoder: TextDecoder, eot: int, native: NativeDraft) -> None:
         super().__init__(name, decoder, eot)

@@ -48,6 +48,19 @@ class PlainFigures:
 
 
 @dataclass
+class TemperatureFigures:
+    """The decodes at one temperature: how often, what the draft proposed and the target accepted."""
+
+    decodes: int = 0  # windows decoded at this temperature (a fallback decodes a window again)
+    n_tokens: int = 0  # of the kept sample of each
+    proposed: int = 0  # every row's
+    accepted: int = 0
+    target_passes: int = 0
+    decode_s: float = 0.0
+    acceptance_rate: float | None = None  # derived by finish()
+
+
+@dataclass
 class RunStats:
     target: str
     draft: str  # the draft's name; "none" without one
@@ -65,7 +78,11 @@ class RunStats:
     target_passes: int = 0
     beam_steps: int = 0
     draft_passes: int = 0
-    fallback_windows: int = 0
+    fallback_windows: int = 0  # windows where drafting stopped (low acceptance, or it did not pay)
+    temperature_retries: int = 0  # decodes of a window again, at the next temperature (fallback)
+    windows_all_temperatures_failed: int = 0  # kept the best failed result (see TranscribeOptions)
+    by_temperature: dict[str, TemperatureFigures] = field(default_factory=dict)  # keyed "0.0", "0.2", ...
+    plain_passes_by_rows: Counter[int] = field(default_factory=Counter)  # plain decoding's passes, estimated
     time_s: StageTimes = field(default_factory=StageTimes)
     passes: list[PassRecord] = field(default_factory=list)  # every target pass of every window, in order
     # derived by finish()
@@ -85,9 +102,20 @@ class RunStats:
     def has_draft(self) -> bool:
         return self.draft_step is not None
 
-    def add_window(self, loop: LoopResult, n_tokens: int) -> None:
-        """One decoded window's loop figures."""
-        self.n_windows += 1
+    def add_window(
+        self, loop: LoopResult, n_tokens: int, temperature: float = 0.0, n_rows: int = 1, retry: bool = False
+    ) -> None:
+        """One decode of a window: its loop figures (retry: the window decoded again, at `temperature`)."""
+        self.n_windows += int(not retry)
+        self.temperature_retries += int(retry)
+        by_t = self.by_temperature.setdefault(str(float(temperature)), TemperatureFigures())
+        by_t.decodes += 1
+        by_t.n_tokens += n_tokens
+        by_t.proposed += loop.n_proposed
+        by_t.accepted += loop.n_accepted
+        by_t.target_passes += loop.n_target_passes
+        by_t.decode_s += loop.decode_time_s
+        self.plain_passes_by_rows[n_rows] += loop.plain_passes
         self.n_tokens += n_tokens
         self.target_passes += loop.n_target_passes
         self.beam_steps += loop.n_beam_steps
@@ -112,6 +140,10 @@ class RunStats:
                 value = {str(n): count for n, count in sorted(value.items())}
             elif f.name == "passes":
                 value = [[p.n_committed, p.n_accepted] for p in value]
+            elif f.name == "by_temperature":
+                value = {t: asdict(figures) for t, figures in value.items()}
+            elif f.name == "plain_passes_by_rows":
+                value = {str(n): count for n, count in sorted(value.items())}
             elif f.name in ("time_s", "plain") and value is not None:
                 value = asdict(value)
             out[f.name] = value
@@ -134,6 +166,8 @@ def finish(
     times.total = time.perf_counter() - t_start
     decode = times.decode
     stats.acceptance_rate = stats.accepted / stats.proposed if stats.proposed else None
+    for by_t in stats.by_temperature.values():
+        by_t.acceptance_rate = by_t.accepted / by_t.proposed if by_t.proposed else None
     stats.tokens_per_target_pass = stats.n_tokens / max(stats.target_passes, 1)
     if stats.beam_size is not None:
         stats.beam_steps_per_target_pass = stats.beam_steps / max(stats.target_passes, 1)
@@ -163,15 +197,20 @@ def finish(
         stats.speedup_basis = "plain target decoding"
         stats.identical_to_target = True
     else:
-        beam_size = stats.beam_size
-        step_s = single_pass_time(model, n_rows=beam_size or 1)
-        # plain beam search makes one pass of B rows per step; greedy one pass per token, and one per EOT
-        plain_passes = stats.beam_steps if beam_size else stats.n_tokens + stats.n_windows
-        stats.speedup = plain_passes * step_s / decode if decode > 0 else None
+        # plain beam search makes one pass of B rows per step; greedy one pass per token, and one per EOT;
+        # best-of sampling one pass of its rows per token of the longest sample
+        passes = stats.plain_passes_by_rows
+        step_s = {n_rows: single_pass_time(model, n_rows=n_rows) for n_rows in passes}
+        plain_s = sum(count * step_s[n_rows] for n_rows, count in passes.items())
+        stats.speedup = plain_s / decode if decode > 0 else None
         stats.speedup_kind = "estimated"
+        terms = ", ".join(
+            f"{count} x {step_s[n_rows] * 1000:.1f} ms ({n_rows} row{'s' if n_rows > 1 else ''})"
+            for n_rows, count in sorted(passes.items())
+        )
         stats.speedup_basis = (
-            f"decode phase; plain estimated as {plain_passes} target passes x {step_s * 1000:.1f} ms "
-            f"(one-token pass of {beam_size or 1} row(s) measured on this machine); use --compare to measure"
+            f"decode phase; plain estimated as target passes x one-token pass time measured on this machine: "
+            f"{terms}; use --compare to measure"
         )
         stats.identical_to_target = None
 

@@ -136,9 +136,26 @@ class PassRecord:
     n_committed: int  # tokens (beam search: beam steps) the pass committed; EOT is not counted
 
 
+def ranking_score(sum_logprob: float, length: int, length_penalty: float | None) -> float:
+    """openai/whisper's MaximumLikelihoodRanker: log-probability over a length penalty (None: the length;
+    else the Google NMT penalty ((5 + length) / 6) ** length_penalty). Beam search's finished candidates and
+    best-of samples are ranked by it."""
+    penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
+    return sum_logprob / max(penalty, 1e-9)
+
+
+@dataclass
+class Sample:
+    """One row's sequence (best-of sampling decodes several)."""
+
+    tokens: list[int]  # sampled tokens, without EOT
+    sum_logprob: float
+    drafted: list[bool]  # per token: proposed by the draft and accepted
+
+
 @dataclass
 class LoopResult:
-    tokens: list[int]  # sampled tokens, without EOT
+    tokens: list[int]  # sampled tokens, without EOT (of several samples, the best ranked)
     sum_logprob: float
     prompt_hidden: Tensor  # the first pass's hidden states over the prompt, shape = (n_prompt, d)
     drafted: list[bool] = field(default_factory=list)  # per token: proposed by the draft and accepted
@@ -150,6 +167,7 @@ class LoopResult:
     draft_time_s: float = 0.0
     target_time_s: float = 0.0
     fell_back: bool = False
+    samples: list[Sample] = field(default_factory=list)  # every row's sequence, the chosen one included
 
     @property
     def n_target_passes(self) -> int:
@@ -162,6 +180,14 @@ class LoopResult:
     @property
     def n_accepted(self) -> int:
         return sum(p.n_accepted for p in self.passes)
+
+    @property
+    def plain_passes(self) -> int:
+        """The target passes plain decoding makes for this window: one per beam step; else one per token of
+        the longest sample, and one for its EOT (a sample the length limit stopped has none)."""
+        if self.n_beam_steps:
+            return self.n_beam_steps
+        return max((len(s.tokens) for s in self.samples), default=len(self.tokens)) + 1
 
     @property
     def accepted_lengths(self) -> Counter[int]:
@@ -237,9 +263,15 @@ class LoopRun:
         self.result.passes.append(PassRecord(n_proposed, n_accepted, n_committed))
 
     def finish(
-        self, tokens: list[int], sum_logprob: float, drafted: list[bool], n_beam_steps: int = 0
+        self,
+        tokens: list[int],
+        sum_logprob: float,
+        drafted: list[bool],
+        n_beam_steps: int = 0,
+        samples: list[Sample] | None = None,
     ) -> LoopResult:
         result = self.result
+        result.samples = samples if samples is not None else [Sample(tokens, sum_logprob, drafted)]
         result.decode_time_s = time.perf_counter() - self.loop_start
         result.tokens, result.sum_logprob, result.drafted = tokens, sum_logprob, drafted
         result.n_beam_steps = n_beam_steps

@@ -98,14 +98,14 @@ def self_draft_decoder(target: LoadedModel, dtype: torch.dtype = torch.float16) 
     return decoder
 
 
-def self_draft_dtype(device: torch.device, beam_search: bool) -> torch.dtype:
+def self_draft_dtype(device: torch.device, batched: bool) -> torch.dtype:
     """The self draft's weight dtype. On a CPU, one greedy row: int8 weights (Int8Linear) with bf16
     cross-attention keys/values (faster than fp16 or bf16 weights for one row); a beam draft's rows: bf16,
     packed for oneDNN (fp16 products of many rows are slow on a CPU). A GPU: fp16. (Measured step times:
     the README's speed section.)"""
     if device.type != "cpu":
         return torch.float16
-    return torch.bfloat16 if beam_search else torch.int8
+    return torch.bfloat16 if batched else torch.int8
 
 
 def self_draft_cross_dtype(weights: torch.dtype) -> torch.dtype | None:

@@ -23,6 +23,8 @@ class Segment:
     # Per token: True if the draft proposed it and the target accepted it, False if the target wrote it
     # itself (after a rejection, as its bonus token, or with no draft). Aligned with `tokens`.
     drafted: list[bool] = field(default_factory=list)
+    temperature: float = 0.0  # the temperature the window was decoded at (above 0: after a fallback)
+    compression_ratio: float = 0.0  # of the window's text (zlib): above 2.4, likely a repetition loop
 
 
 @dataclass

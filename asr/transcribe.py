@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from .draft_factory import make_drafter
 from .drafting import Drafter, NoDraft
 from .errors import InvalidOptionError
 from .figures import RunStats, finish, pass_costs, single_pass_time
+from .loop import PassCosts
 from .model import CrossKV
 from .models import LoadedModel
 from .results import Segment, TranscriptionResult
@@ -51,11 +52,27 @@ class TranscriptionInfo:
     window_tokens: list[list[int]] = field(default_factory=list)  # every decoded window's tokens
 
 
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
 @dataclass(frozen=True)
 class TranscribeOptions:
-    """Long-form behaviour around per-window decoding."""
+    """Long-form behaviour around per-window decoding (openai/whisper's transcribe()).
 
+    Temperature fallback: each window is decoded at temperature[0]; if the result looks wrong (its text's
+    compression ratio above compression_ratio_threshold: a repetition loop; or its average log-probability
+    below logprob_threshold) it is decoded again at the next temperature (sampling best_of samples), unless
+    it is silence (P(no speech) above no_speech_threshold and the log-probability below its threshold).
+    When every temperature fails, the result kept is the one with the best average log-probability among
+    those under the compression threshold (faster-whisper's rule; openai keeps the last, the most random),
+    or of all of them if none is.
+    """
+
+    temperature: tuple[float, ...] = DEFAULT_TEMPERATURES  # one value, or the fallback schedule
+    compression_ratio_threshold: float | None = 2.4
     condition_on_previous_text: bool = True  # prompt each window with the text so far
+    prompt_reset_on_temperature: float = 0.5  # no prompt after a window decoded above this temperature
+    initial_prompt: str | None = None  # text to prompt the first window with (spellings, names, style)
     no_speech_threshold: float | None = 0.6  # skip a window whose P(no speech) is above this...
     logprob_threshold: float | None = -1.0  # ...unless its average log-probability is above this
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
@@ -65,6 +82,23 @@ class TranscribeOptions:
         if self.max_duration_s is not None and not self.max_duration_s > 0:
             raise InvalidOptionError(
                 f"max_duration (--max-duration) must be > 0 seconds, got {self.max_duration_s}"
+            )
+        temperature = self.temperature
+        temperatures = (temperature,) if isinstance(temperature, int | float) else tuple(temperature)
+        if not temperatures:
+            raise InvalidOptionError("temperature (--temperature) needs at least one value")
+        for t in temperatures:
+            # DecodingOptions says what a temperature may be
+            DecodingOptions(temperature=t)
+        object.__setattr__(self, "temperature", tuple(float(t) for t in temperatures))
+        if self.compression_ratio_threshold is not None and not self.compression_ratio_threshold > 0:
+            raise InvalidOptionError(
+                "compression_ratio_threshold (--compression-ratio-threshold) must be > 0, "
+                f"got {self.compression_ratio_threshold}"
+            )
+        if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
+            raise InvalidOptionError(
+                f"no_speech_threshold (--no-speech-threshold) must be 0 to 1, got {self.no_speech_threshold}"
             )
 
 
@@ -84,8 +118,24 @@ class Transcriber:
         self.options = options or DecodingOptions()
         self.transcribe_options = transcribe_options or TranscribeOptions()
         check_options(model, self.options)
-        beam_search = self.options.beam_size is not None
-        self.drafter = drafter or make_drafter(self.options.draft, model, beam_search=beam_search)
+        if self.options.temperature != 0:
+            raise InvalidOptionError(
+                "a Transcriber decodes at the temperatures of TranscribeOptions.temperature; "
+                "leave DecodingOptions.temperature at 0"
+            )
+        self.drafter = drafter or make_drafter(
+            self.options.draft, model, batched=self.options.beam_size is not None
+        )
+        self._batched_drafter: Drafter | None = None
+
+    def drafter_for(self, n_rows: int) -> Drafter:
+        """The drafter for windows of `n_rows` rows (best-of samples need one that drafts many rows)."""
+        drafter = self.drafter
+        if drafter.max_rows is None or n_rows <= drafter.max_rows:
+            return drafter
+        if self._batched_drafter is None:
+            self._batched_drafter = make_drafter(self.options.draft, self.model, batched=True)
+        return self._batched_drafter
 
     def transcribe(self, audio: AudioSource) -> TranscriptionResult:
         """One recording (a path, encoded bytes, or float samples at 16 kHz) to text and segments."""
@@ -113,21 +163,24 @@ class Transcriber:
             # it. Its step is timed (and so warmed) before: a cold process's first passes must not slow the
             # run speculation is measured against.
             single_pass_time(self.model, n_rows=self.options.beam_size or 1)
-            plain_segments, reference = self._stream_mel(mel, 0.0, 0.0, NoDraft(), None)
+            no_draft = NoDraft()
+            plain_segments, reference = self._stream_mel(mel, 0.0, 0.0, lambda n_rows: no_draft, None)
             for _ in plain_segments:
                 pass
-        return self._stream_mel(mel, load_s, mel.time_s, self.drafter, reference)
+        return self._stream_mel(mel, load_s, mel.time_s, self.drafter_for, reference)
 
     def _stream_mel(
         self,
         mel: LogMelWindows,
         load_s: float,
         mel_s: float,
-        drafter: Drafter,
+        drafter_for: Callable[[int], Drafter],
         reference: TranscriptionInfo | None,
     ) -> tuple[Iterator[Segment], TranscriptionInfo]:
-        """load_s: the time taken to read the audio and make its log-mel, of which mel_s the log-mel."""
+        """load_s: the time taken to read the audio and make its log-mel, of which mel_s the log-mel;
+        drafter_for: the drafter for a window of so many rows."""
         model, options = self.model, self.options
+        drafter = drafter_for(1)
         t_start = time.perf_counter() - load_s  # this run's clock: the one audio load, then its own work
         stats = RunStats(
             target=model.name,
@@ -157,7 +210,9 @@ class Transcriber:
                 language = "en"
         info = TranscriptionInfo(language, language_probability, mel.n_samples / SAMPLE_RATE, stats)
         window_options = replace(options, language=language)
-        segments = _segments(model, mel, window_options, self.transcribe_options, info, first_window, drafter)
+        segments = _segments(
+            model, mel, window_options, self.transcribe_options, info, first_window, drafter_for
+        )
         return _finished(segments, model, info, t_start, reference), info
 
 
@@ -170,9 +225,10 @@ def transcribe(
 ) -> TranscriptionResult:
     """Transcribe one recording (path, encoded bytes, or float samples at 16 kHz) to text and segments.
 
-    Keyword overrides set DecodingOptions fields, e.g. `transcribe(model, "a.wav", language="de")`.
+    Keyword overrides set DecodingOptions or TranscribeOptions fields, e.g. `transcribe(model, "a.wav",
+    language="de", temperature=0)`.
     """
-    options = replace(options or DecodingOptions(), **option_overrides)
+    options, transcribe_options = _with_overrides(options, transcribe_options, option_overrides)
     return Transcriber(model, options, transcribe_options).transcribe(audio)
 
 
@@ -185,8 +241,24 @@ def transcribe_stream(
 ) -> tuple[Iterator[Segment], TranscriptionInfo]:
     """Like `transcribe`, but segments as they are decoded, and the info (see Transcriber.stream for what
     is done before it returns)."""
-    options = replace(options or DecodingOptions(), **option_overrides)
+    options, transcribe_options = _with_overrides(options, transcribe_options, option_overrides)
     return Transcriber(model, options, transcribe_options).stream(audio)
+
+
+_TRANSCRIBE_FIELDS = frozenset(f.name for f in fields(TranscribeOptions))
+
+
+def _with_overrides(
+    options: DecodingOptions | None, transcribe_options: TranscribeOptions | None, overrides: dict[str, Any]
+) -> tuple[DecodingOptions, TranscribeOptions]:
+    """Keyword overrides split between the two option sets (a TranscribeOptions field wins a shared name:
+    `temperature` is the fallback schedule)."""
+    long_form = {k: v for k, v in overrides.items() if k in _TRANSCRIBE_FIELDS}
+    per_window = {k: v for k, v in overrides.items() if k not in _TRANSCRIBE_FIELDS}
+    return (
+        replace(options or DecodingOptions(), **per_window),
+        replace(transcribe_options or TranscribeOptions(), **long_form),
+    )
 
 
 def _finished(
@@ -227,14 +299,17 @@ def _segments(
     transcribe_options: TranscribeOptions,
     info: TranscriptionInfo,
     first_window: tuple[torch.Tensor, CrossKV] | None,
-    drafter: Drafter,
+    drafter_for: Callable[[int], Drafter],
 ) -> Iterator[Segment]:
     tokenizer = model.tokenizer
     stats = info.stats
     content_frames = mel.n_frames - N_FRAMES
     seek = 0
-    all_tokens: list[int] = []
-    costs = pass_costs(model, drafter.name, options.beam_size) if options.beam_size is not None else None
+    initial_prompt = transcribe_options.initial_prompt
+    all_tokens = tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
+    prompt_reset_since = 0  # the prompt is the text since here (openai's rule)
+    draft = drafter_for(1).name
+    costs = pass_costs(model, draft, options.beam_size) if options.beam_size is not None else None
     next_id = 0
     while seek < content_frames:
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
@@ -250,10 +325,8 @@ def _segments(
             features, cross = first_window
         else:
             features = _encode(model, mel_window, stats)
-        previous = all_tokens if transcribe_options.condition_on_previous_text else None
-        task = DecodingTask(model, options, options.language, previous)
-        result = task.run(features, mel_window, drafter, cross, costs)
-        stats.add_window(result.loop, len(result.tokens))
+        window = _Window(features, mel_window, cross, seek, all_tokens[prompt_reset_since:])
+        result = _decode_with_fallback(model, options, transcribe_options, window, drafter_for, costs, stats)
         info.window_tokens.append(result.tokens)
 
         if _is_silence(result, transcribe_options):
@@ -282,8 +355,68 @@ def _segments(
                 avg_logprob=result.avg_logprob,
                 no_speech_prob=result.no_speech_prob,
                 drafted=piece_drafted,
+                temperature=result.temperature,
+                compression_ratio=result.compression_ratio,
             )
             next_id += 1
+        if (
+            not transcribe_options.condition_on_previous_text
+            or result.temperature > transcribe_options.prompt_reset_on_temperature
+        ):
+            # a window sampled hot is no model for the next one
+            prompt_reset_since = len(all_tokens)
+
+
+@dataclass(frozen=True)
+class _Window:
+    features: torch.Tensor  # the target's encoder output
+    mel: torch.Tensor
+    cross: CrossKV | None  # the features' cross-attention projection, when already made
+    seek: int  # the window's first mel frame
+    previous_tokens: list[int]  # the text to condition on
+
+
+def _decode_with_fallback(
+    model: LoadedModel,
+    options: DecodingOptions,
+    transcribe_options: TranscribeOptions,
+    window: _Window,
+    drafter_for: Callable[[int], Drafter],
+    costs: PassCosts | None,
+    stats: RunStats,
+) -> DecodingResult:
+    """The window decoded at each temperature in turn until a result passes (TranscribeOptions)."""
+    results: list[DecodingResult] = []
+    for temperature in transcribe_options.temperature:
+        attempt = replace(options, temperature=temperature)
+        task = DecodingTask(model, attempt, options.language, window.previous_tokens, window.seek)
+        drafter = drafter_for(attempt.n_rows)
+        result = task.run(
+            window.features, window.mel, drafter, window.cross, costs if attempt.strategy == "beam" else None
+        )
+        stats.add_window(result.loop, len(result.tokens), temperature, attempt.n_rows, retry=bool(results))
+        results.append(result)
+        if not _needs_fallback(result, transcribe_options):
+            return result
+    stats.windows_all_temperatures_failed += 1
+    threshold = transcribe_options.compression_ratio_threshold
+    passing = [r for r in results if threshold is None or r.compression_ratio <= threshold]
+    return max(passing or results, key=lambda r: r.avg_logprob)
+
+
+def _needs_fallback(result: DecodingResult, options: TranscribeOptions) -> bool:
+    """openai/whisper's rule: a repetition loop or a low average log-probability, unless it is silence."""
+    too_repetitive = (
+        options.compression_ratio_threshold is not None
+        and result.compression_ratio > options.compression_ratio_threshold
+    )
+    unlikely = options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold
+    silence = (
+        options.no_speech_threshold is not None
+        and result.no_speech_prob > options.no_speech_threshold
+        and unlikely
+    )
+    return (too_repetitive or unlikely) and not silence
 
 
 def _is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:

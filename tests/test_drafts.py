@@ -127,11 +127,10 @@ class Recorder:
         self._propose = drafter.propose
         drafter.propose = self  # type: ignore[method-assign]
 
-    def __call__(self, tokens: list[int], k: int) -> Proposal:
-        proposal = self._propose(tokens, k)
-        if proposal.tokens:
-            self.proposals.append(list(proposal.tokens))
-        return proposal
+    def __call__(self, sequences, until, choice, rows) -> list[Proposal]:
+        proposals = self._propose(sequences, until, choice, rows)
+        self.proposals.extend(list(p.tokens) for p in proposals if p.tokens)
+        return proposals
 
 
 def plain_and_speculative(target, window, drafter, timestamps: bool, k: int | None):
@@ -352,11 +351,10 @@ def test_cli_json_figures_of_the_default_self_draft(capsys, tmp_path, monkeypatc
     passes_with_a_proposal = []
     propose = DecoderDrafter.propose
 
-    def counting(self, tokens, k):
-        proposal = propose(self, tokens, k)
-        if proposal.tokens:
-            passes_with_a_proposal.append(len(proposal.tokens))
-        return proposal
+    def counting(self, sequences, until, choice, rows):
+        proposals = propose(self, sequences, until, choice, rows)
+        passes_with_a_proposal.extend(len(p.tokens) for p in proposals if p.tokens)
+        return proposals
 
     monkeypatch.setattr(DecoderDrafter, "propose", counting)
     _, stats, line = run_json(capsys, tmp_path)

@@ -209,7 +209,7 @@ def test_make_drafter_uses_the_native_step_for_greedy_only():
     assert isinstance(greedy, NativeSelfDrafter) and greedy.step == "native"
     again = make_drafter("self", m)
     assert isinstance(again, NativeSelfDrafter) and again.native is greedy.native  # built once per target
-    beams = make_drafter("self", m, beam_search=True)
+    beams = make_drafter("self", m, batched=True)
     assert not isinstance(beams, NativeSelfDrafter) and beams.step == "pytorch"
 
 

@@ -58,15 +58,15 @@ class RecordingVerifier(GreedyVerifier):
         super().__init__(filters)
         self.proposals: list[Proposal] = []
 
-    def verify(self, logits: torch.Tensor, tokens: list[int], proposal: Proposal) -> Verdict:
+    def verify(self, logits: torch.Tensor, tokens: list[int], proposal: Proposal, row: int = 0) -> Verdict:
         self.proposals.append(proposal)
-        return super().verify(logits, tokens, proposal)
+        return super().verify(logits, tokens, proposal, row)
 
 
 def test_a_registered_verifier_runs_and_sees_the_drafts_distribution(target, monkeypatch):
     made: list[RecordingVerifier] = []
 
-    def make(options, filters):
+    def make(options, filters, key):
         made.append(RecordingVerifier(filters))
         return made[-1]
 

@@ -17,6 +17,7 @@ from asr.logit_filters import NEG_INF, LogitFilter, argmax_rows
 from asr.loop import DraftLength
 from asr.models import load_model
 from asr.quantised import self_draft_decoder
+from asr.sampling import ARGMAX
 from asr.transcribe import TranscribeOptions, transcribe
 from asr.verify import GreedyVerifier
 from tests.util import perturbed_decoder, random_dims, random_model
@@ -234,7 +235,11 @@ def test_estimated_speedup_is_labelled(base, speech_dir):
 
 def test_make_drafter_names(target):
     none = make_drafter("none", target)
-    assert isinstance(none, NoDraft) and none.propose([1, 2], 4).tokens == [] and none.step is None
+    assert (
+        isinstance(none, NoDraft)
+        and none.propose([[1, 2]], 6, ARGMAX, [0])[0].tokens == []
+        and none.step is None
+    )
     assert isinstance(make_drafter("self", target), SelfDrafter)
     with pytest.raises(InvalidOptionError, match="'none', 'self' or a model name"):
         make_drafter("", target)
