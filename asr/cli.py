@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -50,9 +51,45 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="redo files whose outputs already exist")
     tr.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
     tr.add_argument(
-        "--no-condition-on-previous-text",
-        action="store_true",
-        help="do not prompt each 30-s window with the text before it",
+        "--condition-on-previous-text",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="prompt each 30-s window with the text before it (default: on; dropped after a window "
+        "decoded above temperature 0.5)",
+    )
+    tr.add_argument(
+        "--initial-prompt", default=None, help="text to prompt the first window with (names, spellings)"
+    )
+    tr.add_argument(
+        "--temperature",
+        default="0,0.2,0.4,0.6,0.8,1.0",
+        help="a window's decoding temperature, or a comma list: decoded again at the next one when the "
+        "result looks wrong (a repetition loop, or unlikely text); default 0,0.2,0.4,0.6,0.8,1.0; 0: no "
+        "fallback",
+    )
+    tr.add_argument("--best-of", type=int, default=5, help="samples per window above temperature 0 (5)")
+    tr.add_argument(
+        "--compression-ratio-threshold",
+        default="2.4",
+        help="fall back when the text's gzip compression ratio is above this (a loop); none: never",
+    )
+    tr.add_argument(
+        "--logprob-threshold",
+        default="-1.0",
+        help="fall back when the average log-probability is below this; none: never",
+    )
+    tr.add_argument(
+        "--no-speech-threshold",
+        default="0.6",
+        help="a window is silence when P(no speech) is above this and the text is unlikely; none: never",
+    )
+    tr.add_argument("--seed", type=int, default=0, help="sampling seed: a run is reproducible (0)")
+    tr.add_argument(
+        "--sampling",
+        default="coupled",
+        choices=("coupled", "rejection"),
+        help="speculative sampling: coupled (the draft shares the sampling noise: the same transcript as "
+        "without the draft, default) or rejection (the same distribution)",
     )
     tr.add_argument(
         "--draft",
@@ -135,6 +172,31 @@ def _escaped(text: str) -> str:
     return "".join(ch if ch.isprintable() and ch != "\\" else repr(ch)[1:-1] for ch in text)
 
 
+def _numbers(flag: str, text: str) -> tuple[float, ...]:
+    """A comma list of numbers, e.g. "0,0.2,0.4"."""
+    from .errors import InvalidOptionError
+
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidOptionError(f"{flag} takes a number or a comma list of numbers, got {text!r}") from None
+    if any(math.isnan(v) or math.isinf(v) for v in values):
+        raise InvalidOptionError(f"{flag} takes finite numbers, got {text!r}")
+    return values
+
+
+def _threshold(flag: str, text: str) -> float | None:
+    """A number, or none/off (the check disabled)."""
+    from .errors import InvalidOptionError
+
+    if text.strip().lower() in ("none", "off"):
+        return None
+    values = _numbers(flag, text)
+    if len(values) != 1:
+        raise InvalidOptionError(f"{flag} takes one number (or none), got {text!r}")
+    return values[0]
+
+
 def _models() -> int:
     from .models import list_models
 
@@ -167,10 +229,20 @@ def _transcribe(args: argparse.Namespace) -> int:
         beam_size=args.beam_size,
         patience=args.patience,
         length_penalty=args.length_penalty,
+        best_of=args.best_of,
+        seed=args.seed,
+        sampling=args.sampling,
     )
     transcribe_options = TranscribeOptions(
+        temperature=_numbers("--temperature", args.temperature),
+        compression_ratio_threshold=_threshold(
+            "--compression-ratio-threshold", args.compression_ratio_threshold
+        ),
+        logprob_threshold=_threshold("--logprob-threshold", args.logprob_threshold),
+        no_speech_threshold=_threshold("--no-speech-threshold", args.no_speech_threshold),
+        initial_prompt=args.initial_prompt,
         compare=args.compare,
-        condition_on_previous_text=not args.no_condition_on_previous_text,
+        condition_on_previous_text=args.condition_on_previous_text,
         max_duration_s=args.max_duration if args.max_duration is not None else DEFAULT_MAX_DURATION_S,
     )
     jobs, problems = _plan(args.paths, args.output_dir)
