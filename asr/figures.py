@@ -79,6 +79,7 @@ class RunStats:
     beam_steps: int = 0
     draft_passes: int = 0
     fallback_windows: int = 0  # windows where drafting stopped (low acceptance, or it did not pay)
+    windows_decoded_again: int = 0  # windows whose first result failed (temperature fallback)
     temperature_retries: int = 0  # decodes of a window again, at the next temperature (fallback)
     windows_all_temperatures_failed: int = 0  # kept the best failed result (see TranscribeOptions)
     by_temperature: dict[str, TemperatureFigures] = field(default_factory=dict)  # keyed "0.0", "0.2", ...
