@@ -209,10 +209,24 @@ class LogMelWindows:
         self.time_s += time.perf_counter() - started
         return self
 
-    def window(self, start: int, n_frames: int = N_FRAMES) -> torch.Tensor:
-        """Frames [start, start + n_frames), zero-padded past the end; shape = (n_mels, n_frames)."""
+    @property
+    def n_content_frames(self) -> int:
+        """Frames of the input itself, the padding's excluded: n_samples // HOP_LENGTH."""
+        return self.n_samples // HOP_LENGTH
+
+    def window(self, start: int, n_frames: int = N_FRAMES, *, padded_input: bool = False) -> torch.Tensor:
+        """The encoder's input from frame `start`; shape = (n_mels, n_frames).
+
+        By default (openai-whisper's `transcribe`, and faster-whisper's): the input's own frames in
+        [start, start + n_frames), then zero frames, so a window that reaches past the end of the input
+        (a short clip, the last window of a long one) ends in zeros, not in the log-mel of the padding.
+        `padded_input=True`: the frames of the padded input, the padding's included (a short clip's
+        log-mel as transformers' feature extractor makes it), zero-padded only past those. The two give
+        the encoder different inputs, and the decoder can then write different tokens (issue #20).
+        """
         assert self.finished, "window before finish"
-        log_mel = self._slice(start, min(start + n_frames, self.n_frames))
+        stop = self.n_frames if padded_input else min(self.n_content_frames, self.n_frames)
+        log_mel = self._slice(start, max(min(start + n_frames, stop), start))
         log_mel = torch.maximum(log_mel, torch.tensor(self.ceiling - LOG_MEL_DYNAMIC_RANGE))
         return pad_or_trim((log_mel + 4.0) / 4.0, n_frames)
 
