@@ -382,7 +382,7 @@ def _summary_line(name: str, stats: RunStats, duration_s: float) -> str:
     if stats.beam_size:
         line += f", beam search {stats.beam_size}"
     if not stats.has_draft:
-        return line
+        return line + _fallback_clause(stats, lead="; ").removesuffix("; ")
     rate = stats.acceptance_rate
     rate_text = f" ({rate:.0%})" if rate is not None else ""
     if stats.beam_size:
@@ -400,13 +400,34 @@ def _summary_line(name: str, stats: RunStats, duration_s: float) -> str:
         f"{stats.target_passes} target + {stats.draft_passes} {native}draft passes "
         f"(target {times.target:.2f} s, draft {times.draft:.2f} s); "
     )
+    line += _fallback_clause(stats)
     if stats.speedup is None:
         return line + "speedup n/a (nothing decoded)"
     line += f"speedup {stats.speedup:.2f}x ({stats.speedup_kind}, decode phase"
     if stats.speedup_kind == "measured":
+        if stats.identical_to_target is None:
+            return line + f"; end to end {stats.speedup_end_to_end:.2f}x; rejection sampling: other samples)"
         identical = "identical" if stats.identical_to_target else "NOT IDENTICAL"
         return line + f"; end to end {stats.speedup_end_to_end:.2f}x; output {identical} to the model alone)"
     return line + "; --compare measures it)"
+
+
+def _fallback_clause(stats: RunStats, lead: str = "") -> str:
+    """The temperature fallback's part of a report line: how many windows were decoded again, and the draft's
+    acceptance at each temperature above 0 ("" if none was)."""
+    if not stats.windows_decoded_again and not stats.temperature_retries:
+        return ""
+    sampled = []
+    for temperature, figures in stats.by_temperature.items():
+        if float(temperature) > 0:
+            rate = f", {figures.acceptance_rate:.0%} accepted" if figures.acceptance_rate is not None else ""
+            sampled.append(f"T {temperature}: {figures.decodes}{rate}")
+    failed = stats.windows_all_temperatures_failed
+    failed_text = f", {failed} failing at every temperature" if failed else ""
+    return (
+        f"{lead}{stats.windows_decoded_again} of {stats.n_windows} windows decoded again{failed_text} "
+        f"({'; '.join(sampled)}); "
+    )
 
 
 def _run_single(transcriber: Transcriber, job: Job, formats, overwrite, problems) -> int:

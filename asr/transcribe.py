@@ -50,6 +50,7 @@ class TranscriptionInfo:
     duration_s: float
     stats: RunStats
     window_tokens: list[list[int]] = field(default_factory=list)  # every decoded window's tokens
+    sampling: str = "coupled"  # how windows above temperature 0 were sampled
 
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -208,7 +209,9 @@ class Transcriber:
                 language_probability = probs[language]
             else:
                 language = "en"
-        info = TranscriptionInfo(language, language_probability, mel.n_samples / SAMPLE_RATE, stats)
+        info = TranscriptionInfo(
+            language, language_probability, mel.n_samples / SAMPLE_RATE, stats, sampling=options.sampling
+        )
         window_options = replace(options, language=language)
         segments = _segments(
             model, mel, window_options, self.transcribe_options, info, first_window, drafter_for
@@ -271,8 +274,20 @@ def _finished(
     """`segments`, then the derived figures once they run out."""
     yield from segments
     identical = None if reference is None else reference.window_tokens == info.window_tokens
+    if not identical and rejection_sampled(info, reference):
+        identical = None  # rejection sampling keeps the distribution, not the tokens: nothing to check
     plain = None if reference is None else reference.stats
     finish(info.stats, model, info.duration_s, t_start, plain, identical)
+
+
+def rejection_sampled(*runs: TranscriptionInfo | None) -> bool:
+    """Whether any of the runs decoded a window by rejection sampling (at a temperature above 0)."""
+    return any(
+        run is not None
+        and run.sampling == "rejection"
+        and any(float(t) > 0 for t in run.stats.by_temperature)
+        for run in runs
+    )
 
 
 def _log_mel(model: LoadedModel, audio: AudioSource, max_duration_s: float | None) -> LogMelWindows:
