@@ -234,7 +234,8 @@ class DecodingTask:
         audio_features: shape = (1, n_audio_ctx, n_audio_state), the target's encoder output;
         mel: shape = (n_mels, N_FRAMES), the window's input (a draft with its own encoder reads it);
         cross: the features' cross-attention projection, when already made (language detection makes it);
-        costs: beam search's record of whether speculation pays, shared across windows (figures.pass_costs).
+        costs: beam search's and best-of sampling's record of whether speculation pays, shared across
+        windows (figures.pass_costs); greedy decoding needs none (one row's draft step is cheap).
         """
         options = self.options
         window = WindowInputs(

@@ -69,7 +69,6 @@ TreeProposal = list[tuple[int, list[int]]]
 class Drafter(ABC):
     name: str  # the draft's name in the figures
     step: str | None = None  # how draft steps run, for the figures: "native", "pytorch", or None (no draft)
-    max_rows: int | None = None  # the most rows it drafts at once (None: any)
 
     @abstractmethod
     def start(self, window: Window) -> None:
@@ -296,27 +295,87 @@ class SelfDrafter(DecoderDrafter):
 
 class NativeSelfDrafter(SelfDrafter):
     """The self draft whose step is one native call (draft_kernel.c: int8 weights quantised from the
-    target's). One row only (greedy); `decoder`, the target's own, gives the cache its shape and float32."""
+    target's); `decoder`, the target's own, gives the caches their shape and float32.
+
+    Each sample row has a cache of its own, and rows whose sequences are identical so far are one
+    computation: best-of samples at a low temperature mostly agree, so a step costs about one row's pass,
+    not one per row. A row that was not computed catches up (several tokens in one call) when it parts.
+    """
 
     step = "native"
-    max_rows = 1
 
     def __init__(self, name: str, decoder: TextDecoder, eot: int, native: NativeDraft) -> None:
         super().__init__(name, decoder, eot)
         self.native = native
-        self.native_window: NativeWindow | None = None
+        self.slots: list[_NativeRow] = []  # per sample row
 
     def start(self, window: Window) -> None:
-        if window.n_rows != 1:
-            raise ValueError("the native draft step decodes one row (greedy)")
-        super().start(window)
-        assert self.cache is not None
+        self.filters = window.filters
         target = window.target_cache
-        self.native_window = self.native.window(self.cache, target.cross_k, target.cross_v)
+        n = target.length
+        self.slots = []
+        for _ in range(window.n_rows):
+            cache = self.decoder.cache_with_cross(target.cross_k, target.cross_v, n_batch=1)
+            cache.self_k[:, :, :, :n] = target.self_k[:, :1, :, :n]
+            cache.self_v[:, :, :, :n] = target.self_v[:, :1, :, :n]
+            cache.length = n
+            like = self.slots[0].window if self.slots else None
+            native_window = self.native.window(cache, target.cross_k, target.cross_v, like)
+            self.slots.append(_NativeRow(native_window, list(window.tokens[:n])))
+        self.cache = self.slots[0].window.cache if self.slots else None
 
-    def _step(self, pending: list[list[int]]) -> Tensor:
-        assert self.native_window is not None, "start() first"
-        (tokens,) = pending
+    def propose(
+        self, sequences: list[list[int]], until: int, choice: TokenChoice, rows: Sequence[int]
+    ) -> list[Proposal]:
+        assert self.slots, "start() first"
+        until = min(until, self.decoder.dims.n_text_ctx)
+        n = len(sequences)
+        proposed: list[list[int]] = [[] for _ in range(n)]
+        q_rows: list[list[Tensor]] = [[] for _ in range(n)]
+        open_rows = [len(s) < until for s in sequences]
+        for position in range(min(len(s) for s in sequences), until):
+            if not any(open_rows):
+                break
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i in range(n):
+                if open_rows[i] and len(sequences[i]) <= position:
+                    groups.setdefault(tuple(sequences[i] + proposed[i]), []).append(i)
+            for prefix, members in groups.items():
+                logits = self._prefix_logits(list(prefix), [rows[i] for i in members])
+                apply_filters(self.filters, logits, [prefix])
+                keys = [(rows[i], position) for i in members]
+                chosen = choice.choose(logits.expand(len(members), -1), keys)
+                for i, token in zip(members, chosen, strict=True):
+                    proposed[i].append(token)
+                    q_rows[i].append(logits[0])
+                    open_rows[i] = token != self.eot
+        return [Proposal(p, q) for p, q in zip(proposed, q_rows, strict=True)]
+
+    def _prefix_logits(self, prefix: list[int], slots: list[int]) -> Tensor:
+        """The next-token logits after `prefix`, shape = (1, n_vocab), computed in whichever of `slots` (rows
+        whose sequence it is) has the most of it cached; a tensor of the caller's."""
+        best, best_shared = slots[0], -1
+        for slot in slots:
+            fed = self.slots[slot].fed
+            if len(fed) < len(prefix) and prefix[: len(fed)] == fed:
+                n_shared = len(fed)
+            else:
+                n_shared, limit = 0, min(len(fed), len(prefix))
+                while n_shared < limit and fed[n_shared] == prefix[n_shared]:
+                    n_shared += 1
+            if n_shared > best_shared:
+                best, best_shared = slot, n_shared
+        row = self.slots[best]
+        n_shared = min(best_shared, len(prefix) - 1)  # the last token is always fed
+        row.window.cache.crop(min(n_shared, row.window.cache.length))
+        row.fed = prefix[:]
+        self._n_passes += 1
         # feed() reuses its buffer, and a proposal keeps q's rows: a copy (one memcpy; torch's clone may
         # wake the thread pool for it)
-        return torch.from_numpy(self.native_window.feed(tokens).numpy().copy())
+        return torch.from_numpy(row.window.feed(prefix[n_shared:]).numpy().copy())
+
+
+@dataclass
+class _NativeRow:
+    window: NativeWindow
+    fed: list[int]  # the tokens whose keys/values its cache holds

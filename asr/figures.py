@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -216,14 +217,15 @@ def finish(
         stats.identical_to_target = None
 
 
-_PASS_COSTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, int], PassCosts]]
+_PASS_COSTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, Hashable], PassCosts]]
 _PASS_COSTS = weakref.WeakKeyDictionary()
 
 
-def pass_costs(model: LoadedModel, draft: str, beam_size: int) -> PassCosts:
-    """Beam search: whether speculation pays with this draft is timed once per process and remembered
-    (loop.PassCosts), so a batch of short files pays for the measurement once, not per file."""
-    return _PASS_COSTS.setdefault(model.model, {}).setdefault((draft, beam_size), PassCosts())
+def pass_costs(model: LoadedModel, draft: str, kind: Hashable) -> PassCosts:
+    """Many rows (beam search, best-of sampling; `kind` says which, how many, how hot): whether speculation
+    pays with this draft is timed once per process and remembered (loop.PassCosts), so a batch of short
+    files pays for the measurement once, not per file."""
+    return _PASS_COSTS.setdefault(model.model, {}).setdefault((draft, kind), PassCosts())
 
 
 _PASS_TIMES: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, float]] = weakref.WeakKeyDictionary()

@@ -327,10 +327,17 @@ class NativeDraft:
         self.globals = [shared[name] for name in self.layout.shared]
         self.global_table = _pointers(self.globals)
 
-    def window(self, cache: KVCache, cross_k: list[Tensor], cross_v: list[Tensor]) -> NativeWindow:
+    def window(
+        self,
+        cache: KVCache,
+        cross_k: list[Tensor],
+        cross_v: list[Tensor],
+        like: NativeWindow | None = None,
+    ) -> NativeWindow:
         """A window's state: `cache` (one row, float32) and the window's cross-attention keys/values (per
-        layer, shape = (1, n_head, n_audio_ctx, d_head), any float dtype)."""
-        return NativeWindow(self, cache, cross_k, cross_v)
+        layer, shape = (1, n_head, n_audio_ctx, d_head), any float dtype); `like`: another row's state for
+        the same window, whose copies of the keys/values this one shares."""
+        return NativeWindow(self, cache, cross_k, cross_v, like)
 
 
 class NativeWindow:
@@ -338,14 +345,24 @@ class NativeWindow:
     the pointer table into them and into the drafter's cache, and the kernel's work space."""
 
     def __init__(
-        self, draft: NativeDraft, cache: KVCache, cross_k: list[Tensor], cross_v: list[Tensor]
+        self,
+        draft: NativeDraft,
+        cache: KVCache,
+        cross_k: list[Tensor],
+        cross_v: list[Tensor],
+        like: NativeWindow | None = None,
     ) -> None:
         if cache.n_batch != 1 or cache.self_k.dtype != torch.float32 or not cache.self_k.is_contiguous():
             raise ValueError("the native draft step decodes one float32 row")
         self.draft, self.cache = draft, cache
-        # keys transposed to (n_head, d_head, n_audio_ctx): a query's scores are then sums of rows
-        self.cross_kt = [k[0].transpose(-1, -2).to(torch.bfloat16).contiguous() for k in cross_k]
-        self.cross_v = [v[0].to(torch.bfloat16).contiguous() for v in cross_v]
+        self.cross_kt: list[Tensor]
+        self.cross_v: list[Tensor]
+        if like is not None:
+            self.cross_kt, self.cross_v = like.cross_kt, like.cross_v
+        else:
+            # keys transposed to (n_head, d_head, n_audio_ctx): a query's scores are then sums of rows
+            self.cross_kt = [k[0].transpose(-1, -2).to(torch.bfloat16).contiguous() for k in cross_k]
+            self.cross_v = [v[0].to(torch.bfloat16).contiguous() for v in cross_v]
         table: list[Tensor] = []
         for layer, weights in enumerate(draft.layers):
             slots = {**weights, **_window_slots(layer, cache, self.cross_kt, self.cross_v)}

@@ -28,7 +28,6 @@ from .draft_factory import make_drafter
 from .drafting import Drafter, NoDraft
 from .errors import InvalidOptionError
 from .figures import RunStats, finish, pass_costs, single_pass_time
-from .loop import PassCosts
 from .model import CrossKV
 from .models import LoadedModel
 from .results import Segment, TranscriptionResult
@@ -124,19 +123,20 @@ class Transcriber:
                 "a Transcriber decodes at the temperatures of TranscribeOptions.temperature; "
                 "leave DecodingOptions.temperature at 0"
             )
-        self.drafter = drafter or make_drafter(
-            self.options.draft, model, batched=self.options.beam_size is not None
-        )
-        self._batched_drafter: Drafter | None = None
+        self._given = drafter
+        self._drafters: dict[bool, Drafter] = {}
+        self.drafter = self.drafter_for(self.options)  # the first temperature's (0)
 
-    def drafter_for(self, n_rows: int) -> Drafter:
-        """The drafter for windows of `n_rows` rows (best-of samples need one that drafts many rows)."""
-        drafter = self.drafter
-        if drafter.max_rows is None or n_rows <= drafter.max_rows:
-            return drafter
-        if self._batched_drafter is None:
-            self._batched_drafter = make_drafter(self.options.draft, self.model, batched=True)
-        return self._batched_drafter
+    def drafter_for(self, options: DecodingOptions) -> Drafter:
+        """The drafter for a decode with these options: beam search's proposes trees of many rows at once
+        (asr/draft_factory.py's batched weights); greedy decoding and sampling use the sequence drafter
+        (several samples: rows that agree are drafted once). Built once each; a given drafter serves all."""
+        if self._given is not None:
+            return self._given
+        beam = options.strategy == "beam"
+        if beam not in self._drafters:
+            self._drafters[beam] = make_drafter(self.options.draft, self.model, batched=beam)
+        return self._drafters[beam]
 
     def transcribe(self, audio: AudioSource) -> TranscriptionResult:
         """One recording (a path, encoded bytes, or float samples at 16 kHz) to text and segments."""
@@ -165,7 +165,7 @@ class Transcriber:
             # run speculation is measured against.
             single_pass_time(self.model, n_rows=self.options.beam_size or 1)
             no_draft = NoDraft()
-            plain_segments, reference = self._stream_mel(mel, 0.0, 0.0, lambda n_rows: no_draft, None)
+            plain_segments, reference = self._stream_mel(mel, 0.0, 0.0, lambda options: no_draft, None)
             for _ in plain_segments:
                 pass
         return self._stream_mel(mel, load_s, mel.time_s, self.drafter_for, reference)
@@ -175,13 +175,13 @@ class Transcriber:
         mel: LogMelWindows,
         load_s: float,
         mel_s: float,
-        drafter_for: Callable[[int], Drafter],
+        drafter_for: Callable[[DecodingOptions], Drafter],
         reference: TranscriptionInfo | None,
     ) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """load_s: the time taken to read the audio and make its log-mel, of which mel_s the log-mel;
-        drafter_for: the drafter for a window of so many rows."""
+        drafter_for: the drafter for a decode with such options."""
         model, options = self.model, self.options
-        drafter = drafter_for(1)
+        drafter = drafter_for(options)
         t_start = time.perf_counter() - load_s  # this run's clock: the one audio load, then its own work
         stats = RunStats(
             target=model.name,
@@ -314,7 +314,7 @@ def _segments(
     transcribe_options: TranscribeOptions,
     info: TranscriptionInfo,
     first_window: tuple[torch.Tensor, CrossKV] | None,
-    drafter_for: Callable[[int], Drafter],
+    drafter_for: Callable[[DecodingOptions], Drafter],
 ) -> Iterator[Segment]:
     tokenizer = model.tokenizer
     stats = info.stats
@@ -323,8 +323,6 @@ def _segments(
     initial_prompt = transcribe_options.initial_prompt
     all_tokens = tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
     prompt_reset_since = 0  # the prompt is the text since here (openai's rule)
-    draft = drafter_for(1).name
-    costs = pass_costs(model, draft, options.beam_size) if options.beam_size is not None else None
     next_id = 0
     while seek < content_frames:
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
@@ -341,7 +339,7 @@ def _segments(
         else:
             features = _encode(model, mel_window, stats)
         window = _Window(features, mel_window, cross, seek, all_tokens[prompt_reset_since:])
-        result = _decode_with_fallback(model, options, transcribe_options, window, drafter_for, costs, stats)
+        result = _decode_with_fallback(model, options, transcribe_options, window, drafter_for, stats)
         info.window_tokens.append(result.tokens)
 
         if _is_silence(result, transcribe_options):
@@ -396,8 +394,7 @@ def _decode_with_fallback(
     options: DecodingOptions,
     transcribe_options: TranscribeOptions,
     window: _Window,
-    drafter_for: Callable[[int], Drafter],
-    costs: PassCosts | None,
+    drafter_for: Callable[[DecodingOptions], Drafter],
     stats: RunStats,
 ) -> DecodingResult:
     """The window decoded at each temperature in turn until a result passes (TranscribeOptions)."""
@@ -405,10 +402,12 @@ def _decode_with_fallback(
     for temperature in transcribe_options.temperature:
         attempt = replace(options, temperature=temperature)
         task = DecodingTask(model, attempt, options.language, window.previous_tokens, window.seek)
-        drafter = drafter_for(attempt.n_rows)
-        result = task.run(
-            window.features, window.mel, drafter, window.cross, costs if attempt.strategy == "beam" else None
-        )
+        drafter = drafter_for(attempt)
+        # whether speculation pays for many rows is timed once per process, per kind of decode
+        costs = None
+        if attempt.n_rows > 1:
+            costs = pass_costs(model, drafter.name, (attempt.strategy, attempt.n_rows, temperature))
+        result = task.run(window.features, window.mel, drafter, window.cross, costs)
         stats.add_window(result.loop, len(result.tokens), temperature, attempt.n_rows, retry=bool(results))
         results.append(result)
         if not _needs_fallback(result, transcribe_options):

@@ -75,7 +75,7 @@ def main() -> None:
     entries = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
     entries = [e for e in entries if e["language"] == "en"][: args.clips]
     model = load_model(args.model)
-    drafter = make_drafter("self", model, batched=True)
+    drafter = make_drafter("self", model)
     plain = NoDraft()
     windows = [(e, *first_window(model, load_audio(args.manifest.parent / e["audio"]))) for e in entries]
     base = DecodingOptions(language="en", best_of=args.best_of, seed=args.seed)
@@ -123,7 +123,7 @@ def main() -> None:
 
     print(
         f"\n{cpu_name()}, {args.threads} threads, torch {torch.__version__}, target {args.model} "
-        f"({str(model.dtype).removeprefix('torch.')}), draft self (batched), best_of {args.best_of}, "
+        f"({str(model.dtype).removeprefix('torch.')}), draft self, best_of {args.best_of}, "
         f"{len(windows)} clips' first windows, median of {args.repeats}\n"
     )
     print("| T | plain s | coupled s | coupled speedup | coupled acceptance | coupled = plain "
