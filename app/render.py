@@ -188,7 +188,9 @@ def temperatures_html(stats: RunStats) -> str:
             "kept the most probable result that is not a repetition loop"
         )
     rows = []
-    cell = "padding:1px 0.6rem 1px 0;text-align:right;font-variant-numeric:tabular-nums"
+    # A grid of spans, not a <table>: Gradio's stylesheet draws borders round tables that inline styles
+    # cannot take off. Each row is one element (display: contents) so it can be found and coloured.
+    cell = "padding:1px 0;text-align:right;font-variant-numeric:tabular-nums"
     for key, figures in by_temperature:
         if not stats.has_draft:
             acceptance = "—"
@@ -207,17 +209,17 @@ def temperatures_html(stats: RunStats) -> str:
         )
         colour = TARGET_COLOUR if sampled else TEXT_COLOUR
         rows.append(
-            f'<tr class="asr-temperature" style="color:{colour}">'
-            + "".join(f'<td style="{cell}">{html.escape(v)}</td>' for v in values)
-            + "</tr>"
+            f'<div class="asr-temperature" style="display:contents;color:{colour}">'
+            + "".join(f'<span style="{cell};color:{colour}">{html.escape(v)}</span>' for v in values)
+            + "</div>"
         )
     header = "".join(
-        f'<th style="{cell};font-weight:600;color:{MUTED_COLOUR}">{name}</th>'
+        f'<span style="{cell};font-weight:600;color:{MUTED_COLOUR}">{name}</span>'
         for name in ("temperature", "windows", "draft acceptance", "tokens", "target passes", "decode")
     )
     table = (
-        f'<table style="border-collapse:collapse;font-size:0.8rem;margin-top:0.2rem">'
-        f"<tr>{header}</tr>{''.join(rows)}</table>"
+        '<div style="display:grid;grid-template-columns:repeat(6,auto);justify-content:start;'
+        f'column-gap:1.2rem;font-size:0.8rem;margin-top:0.2rem">{header}{"".join(rows)}</div>'
         if rows
         else ""
     )
