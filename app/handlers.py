@@ -27,7 +27,7 @@ from asr.decoding import DecodingOptions
 from asr.errors import AsrError
 from asr.models import DEFAULT_MODEL, LoadedModel, list_models, load_model
 from asr.results import TranscriptionResult
-from asr.transcribe import TranscribeOptions, transcribe
+from asr.transcribe import DEFAULT_TEMPERATURES, TranscribeOptions, transcribe
 from asr.writers import write_result
 
 from . import render
@@ -37,6 +37,8 @@ logger = logging.getLogger("asr.app")
 DOWNLOAD_FORMATS = ("txt", "srt", "vtt", "json")
 OUTPUT_MAX_AGE_S = 3600  # download folders older than this are removed when a later request comes
 GREEDY, BEAM = "greedy", "beam search"
+# The fallback schedule as the page shows it (and the CLI's --temperature takes it): "0, 0.2, ..., 1".
+DEFAULT_TEMPERATURE_TEXT = ", ".join(f"{t:g}" for t in DEFAULT_TEMPERATURES)
 AUTO_LANGUAGE = "auto"
 # Offered in the language menu (any other code can be typed in; the model says which it knows).
 COMMON_LANGUAGES = (
@@ -141,17 +143,29 @@ def _check_file(audio: str | Path | None, settings: AppSettings) -> Path:
     return path
 
 
+def _whole_number(value: float | None, what: str) -> int:
+    if value is None or not float(value).is_integer():
+        raise _fail(f"{what} must be a whole number, got {value!r}.")
+    return int(value)
+
+
 def decoding_options(
-    draft: str, decoding: str, beam_size: float | None, language: str | None, task: str, timestamps: bool
+    draft: str,
+    decoding: str,
+    beam_size: float | None,
+    language: str | None,
+    task: str,
+    timestamps: bool,
+    best_of: float | None = 5,
+    seed: float | None = 0,
 ) -> DecodingOptions:
-    """The page's choices as engine options (raises InvalidOptionError for a bad combination)."""
+    """The page's choices as engine options (raises InvalidOptionError for a bad combination).
+
+    Greedy or beam search decodes at temperature 0; `best_of` samples are drawn at each higher one.
+    """
     if decoding not in (GREEDY, BEAM):
         raise _fail(f"Unknown decoding {decoding!r}; choose {GREEDY!r} or {BEAM!r}.")
-    beam = None
-    if decoding == BEAM:
-        if beam_size is None or not float(beam_size).is_integer():
-            raise _fail(f"Beam size must be a whole number, got {beam_size!r}.")
-        beam = int(beam_size)
+    beam = _whole_number(beam_size, "Beam size") if decoding == BEAM else None
     code = (language or AUTO_LANGUAGE).strip().lower()
     # The menu's labels are "German (de)"; a typed label or code both work.
     code = match.group(1) if (match := re.fullmatch(r".*\((\w+)\)", code)) else code
@@ -161,6 +175,42 @@ def decoding_options(
         timestamps=bool(timestamps),
         draft=draft or "self",
         beam_size=beam,
+        best_of=_whole_number(best_of, "Best of (samples per window)"),
+        seed=_whole_number(seed, "Seed"),
+    )
+
+
+def parse_temperatures(text: str | None) -> tuple[float, ...]:
+    """The temperature box: one value ("0": no fallback) or a comma list, the fallback schedule in order.
+
+    Only the syntax is checked here; TranscribeOptions says which values are allowed.
+    """
+    items = [item.strip() for item in (text or "").split(",")]
+    temperatures = []
+    for item in filter(None, items):  # an empty item (a trailing comma) is no value
+        try:
+            temperatures.append(float(item))
+        except ValueError:
+            raise _fail(
+                f"Temperature: {item!r} is not a number; give one value (0: no fallback) "
+                f"or a comma list, e.g. {DEFAULT_TEMPERATURE_TEXT}."
+            ) from None
+    if not temperatures:
+        raise _fail(
+            f"Temperature: give one value (0: no fallback) or a comma list, e.g. {DEFAULT_TEMPERATURE_TEXT}."
+        )
+    return tuple(temperatures)
+
+
+def transcribe_options(
+    temperature: str | None, initial_prompt: str | None, compare: bool, settings: AppSettings
+) -> TranscribeOptions:
+    """The page's long-form choices (raises InvalidOptionError for a temperature out of range)."""
+    return TranscribeOptions(
+        temperature=parse_temperatures(temperature),
+        initial_prompt=(initial_prompt or "").strip() or None,
+        compare=bool(compare),
+        max_duration_s=settings.max_duration_s,
     )
 
 
@@ -185,8 +235,15 @@ def write_downloads(result: TranscriptionResult, name: str, root: Path | None = 
     return [str(p) for p in write_result(result, folder / stem, DOWNLOAD_FORMATS)]
 
 
-def render_outputs(result: TranscriptionResult, model: LoadedModel, name: str, timestamps: bool) -> Outputs:
-    """Everything the page shows for one finished transcription."""
+def render_outputs(
+    result: TranscriptionResult,
+    model: LoadedModel,
+    name: str,
+    timestamps: bool,
+    first_temperature: float = 0.0,
+) -> Outputs:
+    """Everything the page shows for one finished transcription (`first_temperature`: the schedule's first,
+    above which a segment came from the fallback)."""
     stats = result.stats
     return Outputs(
         transcript=result.text,
@@ -195,7 +252,7 @@ def render_outputs(result: TranscriptionResult, model: LoadedModel, name: str, t
         plot=render.acceptance_figure(
             stats.passes, drafting=stats.has_draft, beam_search=bool(stats.beam_size)
         ),
-        segments=render.segments_html(result.segments) if timestamps else "",
+        segments=render.segments_html(result.segments, first_temperature) if timestamps else "",
         files=write_downloads(result, name),
     )
 
@@ -210,6 +267,10 @@ def transcribe_audio(
     task: str = "transcribe",
     timestamps: bool = True,
     compare: bool = True,
+    temperature: str = DEFAULT_TEMPERATURE_TEXT,
+    best_of: float = 5,
+    initial_prompt: str = "",
+    seed: float = 0,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
     *,
     settings: AppSettings | None = None,
@@ -219,7 +280,8 @@ def transcribe_audio(
     path = _check_file(audio, settings)
     name = _display_name(path)
     try:
-        options = decoding_options(draft, decoding, beam_size, language, task, timestamps)
+        options = decoding_options(draft, decoding, beam_size, language, task, timestamps, best_of, seed)
+        long_form = transcribe_options(temperature, initial_prompt, compare, settings)
         duration_s = audio_duration(path)  # from the header: a long file is refused before any decoding
         if duration_s > settings.max_duration_s:
             raise _fail(
@@ -229,11 +291,10 @@ def transcribe_audio(
         progress(0.05, desc=f"Loading {model_name} (the first time only)")
         model = load_model(model_name or DEFAULT_MODEL, device=settings.device)
         progress(0.2, desc="Transcribing" + (", then the model alone to compare" if compare else ""))
-        transcribe_options = TranscribeOptions(compare=bool(compare), max_duration_s=settings.max_duration_s)
-        result = transcribe(model, path, options, transcribe_options)
+        result = transcribe(model, path, options, long_form)
         if not result.text.strip():
             raise _fail(f"{name}: no speech found (the recording is silent or too quiet).")
-        return render_outputs(result, model, name, bool(timestamps))
+        return render_outputs(result, model, name, bool(timestamps), long_form.temperature[0])
     except gr.Error:
         raise
     except AsrError as exc:

@@ -32,6 +32,7 @@ TEXT_COLOUR = "#111827"
 MUTED_COLOUR = "#4b5563"
 CARD_BACKGROUND = "#f9fafb"
 BORDER_COLOUR = "#e5e7eb"
+SAMPLED_MARK = "⟳"  # beside text decoded above temperature 0: sampled, after Whisper's fallback
 
 # Stages of `RunStats.time_s` in the order they run, with the names the page gives them. "decode" holds the
 # draft and target passes, so the rest of it is shown as its own bar (verification, bookkeeping, Python).
@@ -155,8 +156,78 @@ def figures_html(stats: RunStats, duration_s: float, language: str) -> str:
         f'<div style="display:flex;flex-wrap:wrap;gap:0.5rem">{"".join(cards)}</div>'
         f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin:0.4rem 0 0.6rem">'
         f"{html.escape(what_ran)}<br>speedup {html.escape(basis)}</div>"
+        f"{temperatures_html(stats)}"
         f"{stage_times_html(stats.time_s)}"
         "</div>"
+    )
+
+
+def windows_fell_back(stats: RunStats) -> int:
+    """Windows decoded again at a higher temperature. Each such window is decoded once at the schedule's
+    second temperature, and no temperature decodes more windows than the one before it: the second largest
+    count of decodes is that one (for a schedule of distinct temperatures, the only kind worth giving)."""
+    decodes = sorted((figures.decodes for figures in stats.by_temperature.values()), reverse=True)
+    return decodes[1] if len(decodes) > 1 else 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def temperatures_html(stats: RunStats) -> str:
+    """Temperature fallback: how many windows fell back, and per temperature the decodes and acceptance."""
+    by_temperature = sorted(stats.by_temperature.items(), key=lambda item: float(item[0]))
+    n_fell_back = windows_fell_back(stats)
+    n_failed = stats.windows_all_temperatures_failed
+    summary = f"{n_fell_back} of {_plural(stats.n_windows, 'window')} fell back to a higher temperature"
+    if stats.temperature_retries:
+        summary += f" ({_plural(stats.temperature_retries, 'decode')} again)"
+    if n_failed:
+        summary += (
+            f"; {n_failed} failed the check at every temperature (repetitive or improbable text): "
+            "kept the most probable result that is not a repetition loop"
+        )
+    rows = []
+    # A grid of spans, not a <table>: Gradio's stylesheet draws borders round tables that inline styles
+    # cannot take off. Each row is one element (display: contents) so it can be found and coloured.
+    cell = "padding:1px 0;text-align:right;font-variant-numeric:tabular-nums"
+    for key, figures in by_temperature:
+        if not stats.has_draft:
+            acceptance = "—"
+        elif figures.acceptance_rate is None:
+            acceptance = "n/a"
+        else:
+            acceptance = f"{figures.acceptance_rate:.0%} ({figures.accepted}/{figures.proposed})"
+        sampled = float(key) > 0
+        values = (
+            f"T {float(key):g}" + (f" {SAMPLED_MARK}" if sampled else ""),
+            str(figures.decodes),
+            acceptance,
+            str(figures.n_tokens),
+            str(figures.target_passes),
+            f"{figures.decode_s:.2f} s",
+        )
+        colour = TARGET_COLOUR if sampled else TEXT_COLOUR
+        rows.append(
+            f'<div class="asr-temperature" style="display:contents;color:{colour}">'
+            + "".join(f'<span style="{cell};color:{colour}">{html.escape(v)}</span>' for v in values)
+            + "</div>"
+        )
+    header = "".join(
+        f'<span style="{cell};font-weight:600;color:{MUTED_COLOUR}">{name}</span>'
+        for name in ("temperature", "windows", "draft acceptance", "tokens", "target passes", "decode")
+    )
+    table = (
+        '<div style="display:grid;grid-template-columns:repeat(6,auto);justify-content:start;'
+        f'column-gap:1.2rem;font-size:0.8rem;margin-top:0.2rem">{header}{"".join(rows)}</div>'
+        if rows
+        else ""
+    )
+    return (
+        f'<div class="asr-temperatures" style="border:1px solid {BORDER_COLOUR};border-radius:0.5rem;'
+        f'padding:0.5rem 0.8rem;background:{CARD_BACKGROUND};color:{TEXT_COLOUR};margin-bottom:0.5rem">'
+        f'<div style="font-size:0.85rem;font-weight:600">Temperature fallback</div>'
+        f'<div style="font-size:0.8rem;color:{MUTED_COLOUR}">{html.escape(summary)}</div>{table}</div>'
     )
 
 
@@ -188,7 +259,8 @@ def stage_times_html(times: StageTimes) -> str:
 
 @dataclass(frozen=True)
 class TokenPiece:
-    """One unit of the speculation picture: text and who wrote it ("draft", "target" or "timestamp")."""
+    """One unit of the speculation picture: text and who wrote it ("draft", "target" or "timestamp"), or
+    "sampled": the temperature of a segment decoded above 0, before its tokens."""
 
     text: str
     origin: str
@@ -198,10 +270,13 @@ def token_pieces(segments: Sequence[Segment], tokenizer: Any) -> list[TokenPiece
     """Every token of the transcript with its origin, in order.
 
     A BPE token can hold part of a UTF-8 character; such tokens are joined with the next ones until the
-    text decodes, and the joined piece counts as drafted only if all its tokens were.
+    text decodes, and the joined piece counts as drafted only if all its tokens were. A segment sampled
+    above temperature 0 (the fallback) starts with a "sampled" piece naming its temperature.
     """
     pieces: list[TokenPiece] = []
     for segment in segments:
+        if segment.temperature > 0:
+            pieces.append(TokenPiece(f"{SAMPLED_MARK} T {segment.temperature:g}", "sampled"))
         drafted = list(segment.drafted) + [False] * (len(segment.tokens) - len(segment.drafted))
         pending: list[int] = []
         pending_drafted = True
@@ -237,11 +312,13 @@ def speculation_html(pieces: Sequence[TokenPiece]) -> str:
         "draft": f"background:{DRAFT_BACKGROUND};border-bottom:2px solid {DRAFT_COLOUR}",
         "target": f"background:{TARGET_BACKGROUND};border-bottom:2px solid {TARGET_COLOUR}",
         "timestamp": f"color:{MUTED_COLOUR};font-size:0.7rem;border:1px solid {BORDER_COLOUR}",
+        "sampled": f"color:{TEXT_COLOUR};font-size:0.7rem;border:1px solid {TARGET_COLOUR}",
     }
     titles = {
         "draft": "proposed by the draft, accepted by the target",
         "target": "written by the target",
         "timestamp": "timestamp token",
+        "sampled": "the segment after this mark was sampled at this temperature (the temperature fallback)",
     }
     spans = [
         f'<span class="asr-tok asr-tok-{p.origin}" title="{titles[p.origin]}" '
@@ -255,6 +332,13 @@ def speculation_html(pieces: Sequence[TokenPiece]) -> str:
         f'<span style="{styles["target"]};padding:0 4px;border-radius:3px">written by the target</span> '
         f"{n_target}"
     )
+    n_sampled = sum(p.origin == "sampled" for p in pieces)
+    if n_sampled:
+        legend += (
+            f' &nbsp; <span style="{styles["sampled"]};padding:0 4px;border-radius:3px">'
+            f"{SAMPLED_MARK} T</span> "
+            f"{_plural(n_sampled, 'segment')} sampled at that temperature (fallback)"
+        )
     return (
         f'<div class="asr-speculation" style="color:{TEXT_COLOUR}">'
         f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin-bottom:0.4rem">{legend}</div>'
@@ -288,21 +372,52 @@ def acceptance_figure(passes: Sequence[PassRecord], drafting: bool, beam_search:
     return figure
 
 
-def segments_html(segments: Sequence[Segment]) -> str:
-    """Segment times and text, one row each, in a box that scrolls past a dozen rows."""
+def sampled_title(segment: Segment, first_temperature: float = 0.0) -> str:
+    """What a segment decoded above temperature 0 is: sampled, and why (a fallback, or where the schedule
+    starts)."""
+    why = (
+        "the temperature fallback: at lower temperatures the window's text looked repetitive or improbable"
+        if segment.temperature > first_temperature
+        else "the first temperature of the schedule"
+    )
+    return (
+        f"sampled at temperature {segment.temperature:g} ({why}); "
+        f"compression ratio {segment.compression_ratio:.2f}"
+    )
+
+
+def _sampled_badge(segment: Segment, first_temperature: float) -> str:
+    return (
+        f'<span class="asr-sampled" title="{html.escape(sampled_title(segment, first_temperature))}" '
+        f'style="flex:0 0 auto;background:{TARGET_BACKGROUND};color:{TEXT_COLOUR};border:1px solid '
+        f'{TARGET_COLOUR};border-radius:3px;padding:0 4px;font-size:0.75rem">'
+        f"{SAMPLED_MARK} T {segment.temperature:g}</span>"
+    )
+
+
+def segments_html(segments: Sequence[Segment], first_temperature: float = 0.0) -> str:
+    """Segment times and text, one row each, in a box that scrolls past a dozen rows. A segment decoded
+    above temperature 0 (sampled: Whisper's fallback) carries a badge with its temperature."""
     rows = "".join(
         f'<div class="asr-segment" style="display:flex;gap:0.8rem;padding:1px 0">'
         f'<span style="flex:0 0 auto;color:{MUTED_COLOUR};font-variant-numeric:tabular-nums">'
         f"{format_time(s.start)} → {format_time(s.end)}</span>"
-        f"<span>{html.escape(s.text.strip())}</span></div>"
+        + (_sampled_badge(s, first_temperature) if s.temperature > 0 else "")
+        + f"<span>{html.escape(s.text.strip())}</span></div>"
         for s in segments
     )
     if not rows:
         return ""
+    n_sampled = sum(s.temperature > 0 for s in segments)
+    key = (
+        f" · {SAMPLED_MARK} T: {_plural(n_sampled, 'segment')} sampled at that temperature (fallback)"
+        if n_sampled
+        else ""
+    )
     return (
         f'<div class="asr-segments" style="max-height:12rem;overflow-y:auto;border:1px solid {BORDER_COLOUR};'
         f"border-radius:0.5rem;padding:0.4rem 0.7rem;background:{CARD_BACKGROUND};color:{TEXT_COLOUR};"
         f'font-size:0.9rem">'
-        f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin-bottom:0.2rem">Segments</div>'
+        f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin-bottom:0.2rem">Segments{key}</div>'
         f"{rows}</div>"
     )

@@ -14,8 +14,10 @@ from typing import Any
 
 import gradio as gr
 
+from asr.decoding import MAX_BEST_OF
+
 from . import handlers, memory, render
-from .handlers import AUTO_LANGUAGE, BEAM, GREEDY, AppSettings
+from .handlers import AUTO_LANGUAGE, BEAM, DEFAULT_TEMPERATURE_TEXT, GREEDY, AppSettings
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"  # absent when installed without the repo
 SAMPLE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
@@ -105,6 +107,43 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
                         decoding = gr.Radio([GREEDY, BEAM], value=GREEDY, label="Decoding")
                         beam_size = gr.Slider(2, 8, value=5, step=1, label="Beams", interactive=False)
                     with gr.Row():
+                        temperature = gr.Textbox(
+                            value=DEFAULT_TEMPERATURE_TEXT,
+                            label="Temperature",
+                            info="0: no fallback; a list: a window whose text looks repetitive or "
+                            "improbable is decoded again, sampling at the next one",
+                            max_lines=1,
+                            elem_id="temperature",
+                        )
+                        best_of = gr.Slider(
+                            1,
+                            MAX_BEST_OF,
+                            value=5,
+                            step=1,
+                            label="Best of",
+                            info="samples per window above temperature 0 (beams apply at 0)",
+                            elem_id="best-of",
+                        )
+                    with gr.Row():
+                        initial_prompt = gr.Textbox(
+                            value="",
+                            label="Initial prompt (optional)",
+                            placeholder="Words, names or a style to prompt the model with, "
+                            "e.g. Dr. Nguyen, Kubernetes",
+                            max_lines=2,
+                            scale=3,
+                            elem_id="initial-prompt",
+                        )
+                        seed = gr.Number(
+                            value=0,
+                            precision=0,
+                            label="Seed",
+                            info="of the sampling: same seed, same output",
+                            scale=1,
+                            min_width=100,
+                            elem_id="seed",
+                        )
+                    with gr.Row():
                         language = gr.Dropdown(
                             handlers.language_choices(),
                             value=AUTO_LANGUAGE,
@@ -143,7 +182,21 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
         run.click(
             # malloc_trim after each request: without it RSS grew ~0.6 MB a request for good (#24)
             memory.releasing_memory(functools.partial(handlers.transcribe_audio, settings=settings)),
-            inputs=[audio, model, draft, decoding, beam_size, language, task, timestamps, compare],
+            inputs=[
+                audio,
+                model,
+                draft,
+                decoding,
+                beam_size,
+                language,
+                task,
+                timestamps,
+                compare,
+                temperature,
+                best_of,
+                initial_prompt,
+                seed,
+            ],
             outputs=[transcript, figures, speculation, plot, segments, files],
             api_name="transcribe",
             show_progress_on=[transcript],  # one progress bar (and one error badge), not one per output

@@ -28,16 +28,20 @@ from app import render  # noqa: E402
 from app.__main__ import build_parser  # noqa: E402
 from app.handlers import (  # noqa: E402
     BEAM,
+    DEFAULT_TEMPERATURE_TEXT,
     GREEDY,
     AppSettings,
     decoding_options,
+    parse_temperatures,
     transcribe_audio,
     write_downloads,
 )
 from app.ui import build_demo, launch_options  # noqa: E402
-from asr.figures import RunStats, StageTimes  # noqa: E402
+from asr.decoding import DecodingOptions  # noqa: E402
+from asr.figures import RunStats, StageTimes, TemperatureFigures  # noqa: E402
 from asr.loop import PassRecord  # noqa: E402
 from asr.results import Segment, TranscriptionResult  # noqa: E402
+from asr.transcribe import DEFAULT_TEMPERATURES, TranscribeOptions, transcribe  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JFK = "audio/jfk/jfk.wav"
@@ -198,6 +202,84 @@ def test_segments_html_lists_times_and_text():
     assert "0:00.00 → 0:02.50" in page and "Hello &lt;there&gt;" in page and "1:01.00" in page
 
 
+def test_a_segment_sampled_above_temperature_zero_is_marked():
+    greedy = Segment(0, 0.0, 2.0, " Steady.", [1], temperature=0.0, compression_ratio=1.1)
+    sampled = Segment(1, 2.0, 4.0, " Hot <one>.", [2], temperature=0.4, compression_ratio=1.63)
+    page = render.segments_html([greedy, sampled])
+    rows = page.split('class="asr-segment"')[1:]
+    assert len(rows) == 2
+    assert "asr-sampled" not in rows[0] and "T 0" not in rows[0]
+    assert 'class="asr-sampled"' in rows[1] and f"{render.SAMPLED_MARK} T 0.4" in rows[1]
+    assert "temperature fallback" in rows[1] and "compression ratio 1.63" in rows[1]
+    assert "1 segment sampled at that temperature" in page
+    assert "asr-sampled" not in render.segments_html([greedy])
+    # a schedule that starts above 0: its first temperature is sampling, not a fallback
+    start = render.segments_html([sampled], first_temperature=0.4)
+    assert "first temperature of the schedule" in start and "temperature fallback" not in start
+
+    pieces = render.token_pieces([segment([1], [True]), segment([2, 3], [False, True])], FakeTokenizer())
+    assert render.TokenPiece(f"{render.SAMPLED_MARK} T 0.4", "sampled") not in pieces
+    hot = Segment(0, 0.0, 1.0, "x", [2, 3], drafted=[False, True], temperature=0.4)
+    pieces = render.token_pieces([segment([1], [True]), hot], FakeTokenizer())
+    assert pieces == [
+        render.TokenPiece("t1 ", "draft"),
+        render.TokenPiece(f"{render.SAMPLED_MARK} T 0.4", "sampled"),
+        render.TokenPiece("t2 ", "target"),
+        render.TokenPiece("t3 ", "draft"),
+    ]
+    picture = render.speculation_html(pieces)
+    assert picture.count('class="asr-tok asr-tok-sampled"') == 1
+    assert "1 segment sampled at that temperature" in picture
+    assert "drafted and accepted</span> 2" in picture  # the mark is not a token
+
+
+def _by_temperature(*rows):
+    """TemperatureFigures keyed as RunStats keys them, from (temperature, decodes, proposed, accepted)."""
+    return {
+        str(float(t)): TemperatureFigures(
+            decodes=n,
+            n_tokens=10 * n,
+            proposed=p,
+            accepted=a,
+            target_passes=3 * n,
+            decode_s=0.5 * n,
+            acceptance_rate=a / p if p else None,
+        )
+        for t, n, p, a in rows
+    }
+
+
+def test_figures_report_the_fallback_and_acceptance_per_temperature():
+    stats = _stats(
+        n_windows=3,
+        temperature_retries=3,
+        windows_all_temperatures_failed=1,
+        by_temperature=_by_temperature((0.0, 3, 40, 30), (0.2, 2, 50, 20), (0.4, 1, 0, 0)),
+    )
+    assert render.windows_fell_back(stats) == 2
+    page = render.figures_html(stats, 70.0, "en")
+    section = page.split('class="asr-temperatures"')[1]
+    assert "2 of 3 windows fell back to a higher temperature (3 decodes again)" in section
+    assert "1 failed the check at every temperature" in section
+    rows = section.split('class="asr-temperature"')[1:]
+    assert len(rows) == 3
+    assert "T 0<" in rows[0] and "75% (30/40)" in rows[0] and render.SAMPLED_MARK not in rows[0]
+    assert f"T 0.2 {render.SAMPLED_MARK}" in rows[1] and "40% (20/50)" in rows[1] and ">2<" in rows[1]
+    assert "T 0.4" in rows[2] and ">n/a<" in rows[2]  # nothing proposed at 0.4
+    calm = render.figures_html(
+        _stats(n_windows=2, by_temperature=_by_temperature((0.0, 2, 40, 30))), 50.0, "en"
+    )
+    assert (
+        "0 of 2 windows fell back" in calm and "decodes again" not in calm and "every temperature" not in calm
+    )
+    plain = render.figures_html(
+        _stats(draft="none", draft_step=None, n_windows=1, by_temperature=_by_temperature((0.0, 1, 0, 0))),
+        5.0,
+        "en",
+    )
+    assert ">—<" in plain.split('class="asr-temperature"')[1]  # no draft: no acceptance to report
+
+
 # --- handler pieces, no model ---------------------------------------------------------------------------
 
 
@@ -221,6 +303,33 @@ def test_decoding_options_from_the_page():
         decoding_options("self", BEAM, 2.5, "auto", "transcribe", True)
     with pytest.raises(gr.Error, match="Unknown decoding"):
         decoding_options("self", "sampling", 5, "auto", "transcribe", True)
+    sampling = decoding_options("self", BEAM, 4, "auto", "transcribe", True, best_of=3.0, seed=7)
+    assert (sampling.beam_size, sampling.best_of, sampling.seed) == (4, 3, 7)
+    assert (
+        decoding_options("self", GREEDY, 5, "auto", "transcribe", True).best_of == 5
+    )  # the engine's default
+    with pytest.raises(gr.Error, match=r"Best of \(samples per window\) must be a whole number"):
+        decoding_options("self", GREEDY, 5, "auto", "transcribe", True, best_of=2.5)
+    with pytest.raises(gr.Error, match="Seed must be a whole number"):
+        decoding_options("self", GREEDY, 5, "auto", "transcribe", True, seed=None)
+
+
+def test_temperature_box_parses_one_value_or_a_schedule():
+    assert parse_temperatures(DEFAULT_TEMPERATURE_TEXT) == DEFAULT_TEMPERATURES
+    assert DEFAULT_TEMPERATURE_TEXT == "0, 0.2, 0.4, 0.6, 0.8, 1"
+    assert parse_temperatures("0") == (0.0,)
+    assert parse_temperatures(" 0,0.5, 1 ,") == (0.0, 0.5, 1.0)  # spaces and a trailing comma are fine
+    for text, expected in (
+        ("hot", "Temperature: 'hot' is not a number"),
+        ("0, 0.2 0.4", "Temperature: '0.2 0.4' is not a number"),
+        ("", "Temperature: give one value"),
+        (" , ", "Temperature: give one value"),
+        (None, "Temperature: give one value"),
+    ):
+        with pytest.raises(gr.Error) as excinfo:
+            parse_temperatures(text)
+        assert error_message(excinfo).startswith(expected), error_message(excinfo)
+        assert "0, 0.2, 0.4, 0.6, 0.8, 1" in error_message(excinfo)  # shows what is allowed
 
 
 def test_app_settings_are_validated():
@@ -255,6 +364,34 @@ def test_input_files_are_checked_before_any_model_loads(tmp_path, monkeypatch):
             transcribe_audio(audio, settings=settings)
         assert error_message(excinfo).startswith(expected), (audio, error_message(excinfo))
         assert str(tmp_path) not in error_message(excinfo)  # names the file, not the server's path
+
+
+def test_bad_sampling_options_are_one_line_errors_before_any_model_loads(tmp_path, monkeypatch):
+    import app.handlers as handlers
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded for options that are refused")
+
+    monkeypatch.setattr(handlers, "load_model", no_model)
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.full(1600, 0.1, dtype=np.float32), 16000)
+    cases = [
+        ({"temperature": "0, warm"}, "Temperature: 'warm' is not a number"),
+        ({"temperature": ""}, "Temperature: give one value"),
+        ({"temperature": "0, -0.2"}, "temperature"),  # the engine's range check
+        ({"temperature": "nan"}, "temperature"),
+        ({"temperature": "0, 99"}, "temperature"),
+        ({"best_of": 0}, "best_of"),
+        ({"best_of": 17}, "best_of"),
+        ({"best_of": 1.5}, "Best of"),
+        ({"seed": 0.5}, "Seed must be a whole number"),
+    ]
+    for kwargs, expected in cases:
+        with pytest.raises(gr.Error) as excinfo:
+            transcribe_audio(str(clip), **kwargs)
+        message = error_message(excinfo)
+        assert expected in message, (kwargs, message)
+        assert "\n" not in message and "Traceback" not in message and "internal error" not in message
 
 
 def test_write_downloads_names_files_after_the_input(tmp_path):
@@ -335,6 +472,84 @@ def test_building_the_app_loads_no_model():
 def test_launch_options_enforce_the_upload_limit():
     options = launch_options(AppSettings(max_upload_mb=3))
     assert options["max_file_size"] == 3 * 1024 * 1024
+
+
+# --- a tiny random model through the handler --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from tests.util import random_model
+
+    return random_model()
+
+
+@pytest.fixture
+def on_tiny_model(tiny_model, tmp_path, monkeypatch):
+    """The handler on a tiny random model (whatever model the page names), every engine call recorded;
+    yields the clip (2 s of real speech: the random model's text is nonsense, but deterministic) and the
+    record: (DecodingOptions, TranscribeOptions) of each call."""
+    import app.handlers as handlers
+
+    calls: list[tuple[DecodingOptions, TranscribeOptions]] = []
+
+    def recording(model, audio, options, transcribe_options):
+        calls.append((options, transcribe_options))
+        return transcribe(model, audio, options, transcribe_options)
+
+    monkeypatch.setattr(handlers, "load_model", lambda *args, **kwargs: tiny_model)
+    monkeypatch.setattr(handlers, "transcribe", recording)
+    audio, rate = sf.read(REPO_ROOT / "samples" / "hello.wav", dtype="float32")
+    clip = tmp_path / "hello.wav"
+    sf.write(clip, audio, rate)
+    return clip, calls
+
+
+def test_the_page_options_reach_the_transcriber(on_tiny_model):
+    clip, calls = on_tiny_model
+    transcribe_audio(
+        str(clip),
+        decoding=BEAM,
+        beam_size=3,
+        compare=False,
+        temperature="0, 0.5",
+        best_of=2,
+        initial_prompt="  Dr. Nguyen, Kubernetes ",
+        seed=11,
+    )
+    options, long_form = calls[-1]
+    assert (options.beam_size, options.best_of, options.seed, options.temperature) == (3, 2, 11, 0.0)
+    assert long_form.temperature == (0.0, 0.5)
+    assert long_form.initial_prompt == "Dr. Nguyen, Kubernetes"
+    assert long_form.compare is False
+    transcribe_audio(str(clip), compare=False, initial_prompt="   ")
+    options, long_form = calls[-1]
+    assert long_form.temperature == DEFAULT_TEMPERATURES  # the page's default is the full schedule
+    assert long_form.initial_prompt is None and options.best_of == 5 and options.seed == 0
+
+
+def test_temperature_zero_is_the_output_of_before_and_the_schedule_marks_its_fallbacks(
+    on_tiny_model, tiny_model
+):
+    clip, calls = on_tiny_model
+    # what the app ran before the fallback existed: one decode per window at temperature 0
+    before = transcribe(tiny_model, clip, DecodingOptions(), TranscribeOptions(temperature=0.0, compare=True))
+    zero = transcribe_audio(str(clip), temperature="0")
+    assert zero.transcript == before.text
+    assert all(s.temperature == 0 for s in before.segments)
+    assert "asr-sampled" not in zero.segments and "asr-tok-sampled" not in zero.speculation
+    assert "0 of 1 window fell back" in zero.figures
+
+    # the random model's text is improbable at every temperature: each window falls back to the end
+    hot = transcribe_audio(str(clip), best_of=2)
+    options, long_form = calls[-1]
+    assert long_form.temperature == DEFAULT_TEMPERATURES and options.best_of == 2
+    assert hot.transcript != zero.transcript
+    assert 'class="asr-sampled"' in hot.segments and f"{render.SAMPLED_MARK} T " in hot.segments
+    assert "asr-tok-sampled" in hot.speculation
+    assert "1 of 1 window fell back to a higher temperature (5 decodes again)" in hot.figures
+    assert hot.figures.count('class="asr-temperature"') == len(DEFAULT_TEMPERATURES)
+    assert "checked token by token" in hot.figures  # sampled with the draft: the same tokens as without
 
 
 # --- real weights, handlers directly --------------------------------------------------------------------
@@ -457,6 +672,10 @@ def test_api_serves_bad_input_errors_and_keeps_serving(tmp_path, speech_dir):
             with pytest.raises(AppError) as excinfo:
                 client.predict(audio, api_name="/transcribe")
             assert expected in str(excinfo.value), (name, str(excinfo.value))
+        # the sampling options by name, as an API caller gives them: a bad schedule is one line
+        with pytest.raises(AppError) as excinfo:
+            client.predict(handle_file(str(clip)), temperature="0, warm", api_name="/transcribe")
+        assert "Temperature: 'warm' is not a number" in str(excinfo.value), str(excinfo.value)
         # too large: gradio_client checks the server's limit before sending, and the server refuses it too
         with pytest.raises(ValueError, match="exceeds the maximum file size"):
             client.predict(handle_file(str(large)), api_name="/transcribe")
@@ -464,7 +683,15 @@ def test_api_serves_bad_input_errors_and_keeps_serving(tmp_path, speech_dir):
             response = httpx.post(f"{url.rstrip('/')}/gradio_api/upload", files={"files": upload}, timeout=30)
         assert response.status_code == 413, response.text
         again = client.predict(
-            handle_file(str(clip)), "base", "self", GREEDY, 5, "en", api_name="/transcribe"
+            handle_file(str(clip)),
+            "base",
+            "self",
+            GREEDY,
+            5,
+            "en",
+            temperature="0",
+            seed=3,
+            api_name="/transcribe",
         )
         assert normalize(again[0]) == WAIT_TEXT
 
@@ -485,7 +712,7 @@ def test_api_refuses_a_remote_url_as_input_before_fetching_it(monkeypatch):
         "url": "https://example.com/a.wav",
         "meta": {"_type": "gradio.FileData"},
     }
-    inputs = [remote, "base", "self", GREEDY, 5, "auto", "transcribe", True, False]
+    inputs = [remote, "base", "self", GREEDY, 5, "auto", "transcribe", True, False, "0", 5, "", 0]
     with running_app(AppSettings()) as url:
         base = url.rstrip("/")
         response = httpx.post(f"{base}/gradio_api/call/transcribe", json={"data": inputs}, timeout=30)

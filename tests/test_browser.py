@@ -1,10 +1,11 @@
 """The web app in a real browser: Debian's headless Chromium driven by Playwright (no browser download).
 
-Clicks Transcribe with nothing uploaded (an error appears, the page stays usable), uploads a real clip, and
-finds the transcript, the figures, the token picture, the plot and the downloads on the page; then records
-from the microphone (Chromium's fake device, playing a real clip) and transcribes the recording. Every request
-the page makes to anywhere but the app is blocked and recorded: the page must work offline. A screenshot of
-the finished page is saved as test-artifacts/app.png (git-ignored) for a person to look at.
+Clicks Transcribe with nothing uploaded (an error appears, the page stays usable), uploads a real clip, gives
+a bad temperature schedule (an error again) and puts the default back, and finds the transcript, the
+figures, the token picture, the plot and the downloads on the page; then records from the microphone
+(Chromium's fake device, playing a real clip) and transcribes the recording. Every request the page makes
+to anywhere but the app is blocked and recorded: the page must work offline. A screenshot of the finished
+page is saved as test-artifacts/app.png (git-ignored) for a person to look at.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio", reason="the app's dependencies are not installed: pip install -e '.[app]'")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
 
-from app.handlers import AppSettings  # noqa: E402
+from app.handlers import DEFAULT_TEMPERATURE_TEXT, AppSettings  # noqa: E402
 from app.ui import build_demo, launch_options  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,17 @@ def test_upload_transcribe_and_see_the_figures(app_url, browser, speech_dir):
     page.locator("#audio-input input[type=file]").set_input_files(str(speech_dir / JFK))
     # uploaded: the player and its download link appear in place of the drop zone
     page.locator("#audio-input [data-testid='download-link']").wait_for(state="attached", timeout=30_000)
+
+    # A bad temperature schedule: one line, and the page goes on working with the default put back.
+    temperature = page.locator("#temperature").locator("input, textarea").first
+    assert temperature.input_value() == DEFAULT_TEMPERATURE_TEXT
+    temperature.fill("0, warm")
+    button.click()
+    page.get_by_text("Temperature: 'warm' is not a number").wait_for(timeout=30_000)
+    page.locator("[data-testid='toast-close']").first.click()
+    page.locator("[data-testid='toast-body']").wait_for(state="detached", timeout=30_000)
+    temperature.fill(DEFAULT_TEMPERATURE_TEXT)
+
     button.click()
     assert normalize(wait_for_transcript(page)) == JFK_TEXT
 
@@ -136,6 +148,7 @@ def test_upload_transcribe_and_see_the_figures(app_url, browser, speech_dir):
     ):
         assert label in figures_text, figures_text
     assert re.search(r"\d+\.\d\d×", figures_text), figures_text
+    assert "Temperature fallback" in figures_text and "0 of 1 window fell back" in figures_text, figures_text
     assert "Time per stage" in figures_text and "encoder" in figures_text and "draft passes" in figures_text
 
     speculation = page.locator("#speculation")
