@@ -162,14 +162,6 @@ def figures_html(stats: RunStats, duration_s: float, language: str) -> str:
     )
 
 
-def windows_fell_back(stats: RunStats) -> int:
-    """Windows decoded again at a higher temperature. Each such window is decoded once at the schedule's
-    second temperature, and no temperature decodes more windows than the one before it: the second largest
-    count of decodes is that one (for a schedule of distinct temperatures, the only kind worth giving)."""
-    decodes = sorted((figures.decodes for figures in stats.by_temperature.values()), reverse=True)
-    return decodes[1] if len(decodes) > 1 else 0
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -177,7 +169,7 @@ def _plural(n: int, word: str) -> str:
 def temperatures_html(stats: RunStats) -> str:
     """Temperature fallback: how many windows fell back, and per temperature the decodes and acceptance."""
     by_temperature = sorted(stats.by_temperature.items(), key=lambda item: float(item[0]))
-    n_fell_back = windows_fell_back(stats)
+    n_fell_back = stats.windows_decoded_again
     n_failed = stats.windows_all_temperatures_failed
     summary = f"{n_fell_back} of {_plural(stats.n_windows, 'window')} fell back to a higher temperature"
     if stats.temperature_retries:

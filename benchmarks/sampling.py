@@ -7,8 +7,10 @@ What a temperature fallback decodes: each English clip's first 30-s window (its 
 sampled at each temperature with best_of rows, in three modes side by side in one process after a warm-up,
 the modes alternating: plain sampling (the target alone, Gumbel noise), coupled speculative sampling (the
 draft adds the same noise; tokens must equal plain's), and rejection sampling (Leviathan et al.; the same
-distribution, other tokens). Median decode times over `repeats`; the speedup of each speculative mode is
-plain's decode time over its own, per committed token (rejection commits other samples, of other lengths).
+distribution, other tokens). As in a Transcriber, whether speculation pays for a kind of decode is timed
+once per process (loop.PassCosts): once it has lost, it drafts no more. Median decode times over
+`repeats`; the speedup of each speculative mode is plain's decode time over its own, per committed token
+(rejection commits other samples, of other lengths).
 Acceptance is the share of proposed draft tokens that stood. Prints a Markdown table; --out writes JSON.
 """
 
@@ -27,6 +29,7 @@ from asr.audio_io import load_audio
 from asr.decoding import DecodingOptions, DecodingTask
 from asr.draft_factory import make_drafter
 from asr.drafting import NoDraft
+from asr.figures import pass_costs
 from asr.models import load_model
 from benchmarks.machine import cpu_name
 
@@ -45,7 +48,11 @@ def first_window(model, samples) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def decode(model, options, window, features, drafter) -> dict:
-    result = DecodingTask(model, options, "en").run(features, window, drafter)
+    # as a Transcriber does: whether speculation pays for this kind of decode is timed once per process
+    costs = pass_costs(
+        model, drafter.name, (options.strategy, options.n_rows, options.temperature, options.sampling)
+    )
+    result = DecodingTask(model, options, "en").run(features, window, drafter, costs=costs)
     loop = result.loop
     return {
         "decode": loop.decode_time_s,
@@ -106,9 +113,11 @@ def main() -> None:
                 total["tokens"] += runs[mode][0]["tokens"]
                 total["proposed"] += runs[mode][0]["proposed"]
                 total["accepted"] += runs[mode][0]["accepted"]
-            print(f"  T={temperature} {entry['audio']}: " + ", ".join(
-                f"{m} {statistics.median(r['decode'] for r in runs[m]):.2f}s" for m in MODES
-            ), flush=True)
+            print(
+                f"  T={temperature} {entry['audio']}: "
+                + ", ".join(f"{m} {statistics.median(r['decode'] for r in runs[m]):.2f}s" for m in MODES),
+                flush=True,
+            )
         per_token = {m: totals[m]["decode"] / max(totals[m]["tokens"], 1) for m in MODES}
         row = {"temperature": temperature, "identical": identical}
         for mode in MODES:
@@ -126,8 +135,10 @@ def main() -> None:
         f"({str(model.dtype).removeprefix('torch.')}), draft self, best_of {args.best_of}, "
         f"{len(windows)} clips' first windows, median of {args.repeats}\n"
     )
-    print("| T | plain s | coupled s | coupled speedup | coupled acceptance | coupled = plain "
-          "| rejection s/token ratio | rejection acceptance |")
+    print(
+        "| T | plain s | coupled s | coupled speedup | coupled acceptance | coupled = plain "
+        "| rejection s/token ratio | rejection acceptance |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         c, j = r["coupled"], r["rejection"]
