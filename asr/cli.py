@@ -26,7 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import BUNDLED, DEFAULT_MODEL
+    from .bundled import BUNDLED, DEFAULT_MODEL
     from .writers import FORMATS
 
     parser = argparse.ArgumentParser(prog="asr", description="Offline Whisper transcription.")
@@ -112,8 +112,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--max-duration", type=float, default=None, help="refuse audio longer than this (s)")
     tr.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    tr.add_argument(
+        "--server",
+        default="auto",
+        choices=("auto", "off"),
+        help="auto: run on the `asr serve` server when one is running (same output), else here; off: here",
+    )
 
     commands.add_parser("models", help="list model names and whether each is available on this machine")
+
+    serve = commands.add_parser(
+        "serve",
+        help="keep models loaded for `asr transcribe` (a local Unix socket)",
+        description="A warm server: `asr transcribe` runs on it when it is running, with the same output. "
+        "It listens on a Unix socket of the user's runtime directory (mode 0600), never on the network.",
+    )
+    action = serve.add_mutually_exclusive_group()
+    action.add_argument("--stop", action="store_true", help="stop the running server (after its runs)")
+    action.add_argument("--background", action="store_true", help="start it in the background and return")
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help=f"load this model at start (repeatable; default {DEFAULT_MODEL})",
+    )
+    serve.add_argument("--device", default="cpu", help="device of the models loaded at start (default: cpu)")
+    serve.add_argument("--concurrency", type=int, default=1, help="transcriptions at a time (default 1)")
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=900.0,
+        help="stop after this many idle seconds (0: never; default 900)",
+    )
     return parser
 
 
@@ -125,7 +155,9 @@ class Job:
     stem: Path | None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, in_process: bool = False) -> int:
+    """`asr ...`; `in_process`: never hand a transcription to a server (the server's own call)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -134,6 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _models()
+        if args.command == "serve":
+            return _serve(args, argv)
+        # --verbose shows tracebacks and details: this process's own (issue #22)
+        if args.server == "auto" and not args.verbose and not in_process:
+            from .client import transcribe_via_server
+
+            code = transcribe_via_server(argv)
+            if code is not None:
+                return code
         return _transcribe(args)
     except KeyboardInterrupt:
         _err("interrupted; finished outputs are kept: run the same command again to resume")
@@ -204,6 +245,22 @@ def _models() -> int:
         mark = "available" if info.available else "missing"
         print(f"{info.name:34s} {info.kind:12s} {mark:10s} {info.detail}")
     return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from . import serve
+    from .bundled import DEFAULT_MODEL
+    from .errors import InvalidOptionError
+
+    if args.stop:
+        return serve.stop()
+    if args.concurrency < 1:
+        raise InvalidOptionError(f"--concurrency must be >= 1, got {args.concurrency}")
+    if args.idle_timeout < 0:
+        raise InvalidOptionError(f"--idle-timeout must be >= 0 (0: never), got {args.idle_timeout}")
+    if args.background:
+        return serve.start_background([a for a in argv[argv.index("serve") + 1 :] if a != "--background"])
+    return serve.run(args.model or [DEFAULT_MODEL], args.device, args.concurrency, args.idle_timeout)
 
 
 def _transcribe(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from .drafting import Drafter, ModelDrafter, NativeSelfDrafter, NoDraft, SelfDra
 from .errors import IncompatibleModelsError, InvalidOptionError
 from .model import TextDecoder
 from .models import LoadedModel, load_model
-from .native_draft import NativeDraft
+from .native_draft import NativeDraft, quantised_cache_path
 from .native_draft import library as native_library
 from .quantised import self_draft_cross_dtype, self_draft_decoder, self_draft_dtype
 
@@ -74,7 +74,9 @@ def _self_draft(target: LoadedModel, batched: bool) -> Drafter:
         native_ok = dtype == torch.int8 and target.dtype == torch.float32
         if native_ok and (lib := native_library()) is not None:
             if target.model not in _NATIVE_DRAFTS:
-                _NATIVE_DRAFTS[target.model] = NativeDraft(target.model.decoder, lib)
+                sha = target.weights_sha256
+                cache = quantised_cache_path(sha) if sha is not None else None
+                _NATIVE_DRAFTS[target.model] = NativeDraft(target.model.decoder, lib, cache)
             return NativeSelfDrafter("self", target.model.decoder, eot, _NATIVE_DRAFTS[target.model])
         decoders = _SELF_DECODERS.setdefault(target.model, {})
         if dtype not in decoders:

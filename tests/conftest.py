@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,9 @@ DEFAULT_SPEECH_DIR = REPO_ROOT.parent / "shared" / "speech"
 # is imported before any fixture runs, so set them as soon as pytest loads this file as well.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 os.environ.update(_OFFLINE_ENV)
+# `asr transcribe` runs on a server when one is running (issue #22): the suite's runs must be its own, never
+# handed to a server a developer left running, so they look for one in a folder of their own.
+os.environ["ASR_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="asr-tests-runtime-")
 
 
 @pytest.fixture(autouse=True, scope="session")

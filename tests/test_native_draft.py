@@ -326,3 +326,36 @@ def test_concurrent_native_drafts_keep_to_their_own_windows():
         together = list(pool.map(decode, range(4)))
     assert together == plain
     assert len({tuple(tokens) for tokens in plain}) > 1  # different inputs, different outputs
+
+
+@needs_compiler
+def test_cached_packed_weights_give_the_same_logits(tmp_path):
+    """The packed int8 weights are written once and mapped after: the same logits, bit for bit; a damaged
+    file is rebuilt, not trusted (issue #22)."""
+    m = random_model(seed=7, dims=random_dims(n_state=32, n_head=2), scale=4.0)
+    lib = native_draft.build(native_draft.FLAGS, tmp_path)
+    decoder, tokens, features = m.model.decoder, [m.tokenizer.sot, *range(100, 110)], _features(m, 1)
+    cache = tmp_path / "draft.safetensors"
+
+    def logits(draft):
+        with torch.inference_mode():
+            kv = decoder.new_cache(features, 1)
+            window = draft.window(kv, kv.cross_k, kv.cross_v)
+            return torch.stack([window.feed([token])[0].clone() for token in tokens])
+
+    built = native_draft.NativeDraft(decoder, lib, cache)
+    assert cache.is_file()
+    mapped = native_draft.NativeDraft(decoder, lib, cache)
+    assert torch.equal(logits(built), logits(mapped))
+    assert torch.equal(mapped.layers[0]["fc1.int8"], built.layers[0]["fc1.int8"])
+    cache.write_bytes(b"not a safetensors file")
+    rebuilt = native_draft.NativeDraft(decoder, lib, cache)
+    assert torch.equal(logits(built), logits(rebuilt))
+    assert native_draft._read_quantised(cache) is not None  # written again
+
+
+def test_the_draft_cache_is_keyed_by_weights_code_and_cpu(monkeypatch):
+    a = native_draft.quantised_cache_path("a" * 64)
+    assert a != native_draft.quantised_cache_path("b" * 64)
+    monkeypatch.setattr(native_draft, "_cpu_signature", lambda: "another CPU")
+    assert a != native_draft.quantised_cache_path("a" * 64)
