@@ -85,13 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--seed", type=int, default=0, help="sampling seed: a run is reproducible (0)")
     tr.add_argument(
-        "--sampling",
-        default="coupled",
-        choices=("coupled", "rejection"),
-        help="speculative sampling: coupled (the draft shares the sampling noise: the same transcript as "
-        "without the draft, default) or rejection (the same distribution)",
-    )
-    tr.add_argument(
         "--draft",
         default="self",
         help="speculative draft: self (a cheap copy of the model, default), none (plain decoding), or a "
@@ -288,7 +281,6 @@ def _transcribe(args: argparse.Namespace) -> int:
         length_penalty=args.length_penalty,
         best_of=args.best_of,
         seed=args.seed,
-        sampling=args.sampling,
     )
     transcribe_options = TranscribeOptions(
         temperature=_numbers("--temperature", args.temperature),

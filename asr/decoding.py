@@ -56,7 +56,8 @@ class DecodingOptions:
     seed: int = 0  # sampling's noise is a function of (seed, window, temperature, sample, position)
     sampling: str = "coupled"  # how speculative sampling verifies: "coupled" (seeded noise shared by draft
     # and target: token-identical to plain sampling) or "rejection" (Leviathan et al.: the same
-    # distribution, not the same tokens)
+    # distribution, not the same tokens; slower here at every temperature, benchmarks/sampling.py, so
+    # the library's only)
 
     def __post_init__(self) -> None:
         if self.beam_size is not None and not 1 <= self.beam_size <= MAX_BEAM_SIZE:
