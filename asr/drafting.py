@@ -351,6 +351,11 @@ class NativeSelfDrafter(SelfDrafter):
                     open_rows[i] = token != self.eot
         return [Proposal(p, q) for p, q in zip(proposed, q_rows, strict=True)]
 
+    def propose_beams(
+        self, roots: list[list[int]], root_scores: list[float], k: int, width: int
+    ) -> TreeProposal:
+        raise NotImplementedError("beam search drafts with the batched self draft (batched=True)")
+
     def _prefix_logits(self, prefix: list[int], slots: list[int]) -> Tensor:
         """The next-token logits after `prefix`, shape = (1, n_vocab), computed in whichever of `slots` (rows
         whose sequence it is) has the most of it cached; a tensor of the caller's."""

@@ -413,7 +413,7 @@ def _decode_with_fallback(
         if not _needs_fallback(result, transcribe_options):
             return result
         stats.windows_decoded_again += int(len(results) == 1 and len(transcribe_options.temperature) > 1)
-    stats.windows_all_temperatures_failed += 1
+    stats.windows_all_temperatures_failed += int(len(results) > 1)
     threshold = transcribe_options.compression_ratio_threshold
     passing = [r for r in results if threshold is None or r.compression_ratio <= threshold]
     return max(passing or results, key=lambda r: r.avg_logprob)
