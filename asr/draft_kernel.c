@@ -27,7 +27,7 @@
 
 /* The version of the exported functions' signatures (asr/native_draft.py declares them to ctypes, and
    checks this first): bump it when one changes. */
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 int asr_draft_abi(void) { return ABI_VERSION; }
 
@@ -233,6 +233,43 @@ static inline void dot16(const int8_t *wg, const int16_t *q, int n_in4, float st
     for (int u = 0; u < 4; u++) _mm256_storeu_ps(lanes + 8 * u, total[u]);
     for (int r = 0; r < GROUP; r++) sums[r] = (lanes[2 * r] + lanes[2 * r + 1]) * step;
 }
+/* dot16 for two inputs at once: each 64-byte block of weights is widened once and multiplied by both (the
+   same sums, in the same order, as dot16 gives each: a row's result does not depend on its neighbour). */
+static inline void dot16_pair(const int8_t *wg, const int16_t *qa, const int16_t *qb, int n_in4, float step_a,
+                              float step_b, float *sums_a, float *sums_b) {
+    __m256 total_a[4], total_b[4];
+    for (int u = 0; u < 4; u++) total_a[u] = total_b[u] = _mm256_setzero_ps();
+    for (int start = 0; start < n_in4; start += 256) {
+        int end = start + 256 < n_in4 ? start + 256 : n_in4;
+        __m256i acc_a[4], acc_b[4];
+        for (int u = 0; u < 4; u++) acc_a[u] = acc_b[u] = _mm256_setzero_si256();
+        for (int i = start; i < end; i++) {
+            int64_t xa, xb;
+            memcpy(&xa, qa + 4 * i, sizeof xa);
+            memcpy(&xb, qb + 4 * i, sizeof xb);
+            __m256i va = _mm256_set1_epi64x(xa), vb = _mm256_set1_epi64x(xb);
+            const int8_t *block = wg + (size_t)i * 64;
+            for (int u = 0; u < 4; u++) {
+                __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(block + 16 * u)));
+                acc_a[u] = _mm256_add_epi32(acc_a[u], _mm256_madd_epi16(w16, va));
+                acc_b[u] = _mm256_add_epi32(acc_b[u], _mm256_madd_epi16(w16, vb));
+            }
+        }
+        for (int u = 0; u < 4; u++) {
+            total_a[u] = _mm256_add_ps(total_a[u], _mm256_cvtepi32_ps(acc_a[u]));
+            total_b[u] = _mm256_add_ps(total_b[u], _mm256_cvtepi32_ps(acc_b[u]));
+        }
+    }
+    float lanes_a[4 * 8], lanes_b[4 * 8];
+    for (int u = 0; u < 4; u++) {
+        _mm256_storeu_ps(lanes_a + 8 * u, total_a[u]);
+        _mm256_storeu_ps(lanes_b + 8 * u, total_b[u]);
+    }
+    for (int r = 0; r < GROUP; r++) {
+        sums_a[r] = (lanes_a[2 * r] + lanes_a[2 * r + 1]) * step_a;
+        sums_b[r] = (lanes_b[2 * r] + lanes_b[2 * r + 1]) * step_b;
+    }
+}
 #define HAVE_AVX2 1
 #else
 /* The portable path: the same layout, float products. */
@@ -278,6 +315,38 @@ static void gemv(const int8_t *W, const float *s, const float *b, const float *x
 #endif
         int o = g * GROUP, n_rows = n_out - o < GROUP ? n_out - o : GROUP;
         for (int r = 0; r < n_rows; r++) put(y, o + r, epilogue(sums[r], s, b, o + r), mode);
+    }
+}
+
+/* gemv for n_rows inputs x[r] -> y[r], the weights read once for all of them (a group of 16 rows of W
+   stays in the cache while every input takes its products); each y[r] is what gemv gives for x[r]. */
+#define MAX_ROWS 16
+static void gemv_rows(const int8_t *W, const float *s, const float *b, int n_rows, float *const *x,
+                      float *const *y, int n_out, int n_in, int mode) {
+    int n_groups = (n_out + GROUP - 1) / GROUP, n_in4 = ((n_in + 3) / 4 + 3) / 4 * 4;
+#if defined(HAVE_AVX2)
+    int16_t q[n_rows][4 * n_in4];
+    float step[MAX_ROWS];
+    for (int r = 0; r < n_rows; r++) step[r] = quantise(x[r], n_in, 4 * n_in4, q[r]);
+#endif
+#pragma omp for schedule(static)
+    for (int g = 0; g < n_groups; g++) {
+        const int8_t *wg = W + (size_t)g * n_in4 * 64;
+        int o = g * GROUP, n_out_rows = n_out - o < GROUP ? n_out - o : GROUP;
+        for (int r = 0; r < n_rows; r += 2) {
+            float sums[2][GROUP];
+#if defined(HAVE_AVX2)
+            if (r + 1 < n_rows)
+                dot16_pair(wg, q[r], q[r + 1], n_in4, step[r], step[r + 1], sums[0], sums[1]);
+            else
+                dot16(wg, q[r], n_in4, step[r], sums[0]);
+#else
+            dot16_float(wg, x[r], n_in, sums[0]);
+            if (r + 1 < n_rows) dot16_float(wg, x[r + 1], n_in, sums[1]);
+#endif
+            for (int k = 0; k < 2 && r + k < n_rows; k++)
+                for (int j = 0; j < n_out_rows; j++) put(y[r + k], o + j, epilogue(sums[k][j], s, b, o + j), mode);
+        }
     }
 }
 
@@ -393,4 +462,116 @@ void asr_draft_step(const void *const *layers, const void *const *globals, const
                  STORE);
         }
     }
+}
+
+/* asr_draft_step for n_rows (at most MAX_ROWS) rows of one window at once: row r feeds tokens[r] at
+   positions[r] through its own per-layer table tables[r] (its own KV cache; the weights and the window's
+   cross-attention keys/values must be the same for every row), writes its next-token logits to logits[r]
+   and uses works[r] as its work space. The weights are read once for all rows, which is what a step costs;
+   each row's logits are bit for bit what asr_draft_step gives it. Returns 0, or -1 for too many rows. */
+int asr_draft_step_rows(const void *const *const *tables, const void *const *globals, const int *dims,
+                        int n_rows, const int *tokens, const int *positions, float *const *logits,
+                        float *const *works, int n_threads) {
+    if (n_rows < 1 || n_rows > MAX_ROWS) return -1;
+    const int n_layer = dims[N_LAYER], d = dims[D_MODEL], n_head = dims[N_HEAD], d_ff = dims[D_FF];
+    const int n_vocab = dims[N_VOCAB], n_audio = dims[N_AUDIO_CTX], n_ctx = dims[N_CTX];
+    const int dh = d / n_head;
+    const int span = n_audio > n_ctx ? n_audio : n_ctx;
+    const float scale = 1.0f / sqrtf((float)dh);
+    const struct scratch s = scratch_of(dims);
+    float *x[MAX_ROWS], *h[MAX_ROWS], *qkv[MAX_ROWS], *att[MAX_ROWS], *f[MAX_ROWS], *scores[MAX_ROWS];
+    for (int r = 0; r < n_rows; r++) {
+        x[r] = works[r] + s.x, h[r] = works[r] + s.h, qkv[r] = works[r] + s.qkv, att[r] = works[r] + s.att;
+        f[r] = works[r] + s.f, scores[r] = works[r] + s.scores;
+        const float *tok = (const float *)globals[TOKEN_EMB] + (size_t)tokens[r] * d;
+        const float *pe = (const float *)globals[POS_EMB] + (size_t)positions[r] * d;
+        for (int i = 0; i < d; i++) x[r][i] = tok[i] + pe[i];
+    }
+
+#pragma omp parallel num_threads(n_threads)
+    {
+        for (int l = 0; l < n_layer; l++) {
+            const void *const *p = tables[0] + (size_t)l * N_LAYER_PTRS;
+#define F32(i) ((const float *)p[i])
+#define LINEAR(i) (const int8_t *)p[i], F32(i + 1), F32(i + 2)
+#pragma omp single
+            for (int r = 0; r < n_rows; r++) layer_norm(x[r], F32(ATTN_LN_W), F32(ATTN_LN_B), h[r], d);
+            gemv_rows(LINEAR(QKV), n_rows, h, qkv, 3 * d, d, STORE);
+#pragma omp for schedule(static)
+            for (int rh = 0; rh < n_rows * n_head; rh++) {
+                int r = rh / n_head, hd = rh % n_head, pos = positions[r];
+                const void *const *pr = tables[r] + (size_t)l * N_LAYER_PTRS;
+                float *K = (float *)pr[SELF_K] + (size_t)hd * n_ctx * dh;
+                float *V = (float *)pr[SELF_V] + (size_t)hd * n_ctx * dh;
+                const float *q = qkv[r] + hd * dh;
+                memcpy(K + (size_t)pos * dh, qkv[r] + d + hd * dh, dh * sizeof(float));
+                memcpy(V + (size_t)pos * dh, qkv[r] + 2 * d + hd * dh, dh * sizeof(float));
+                float *sc = scores[r] + (size_t)hd * span;
+                for (int t = 0; t <= pos; t++) {
+                    float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+                    for (int j = 0; j < dh; j++) a += q[j] * K[(size_t)t * dh + j];
+                    sc[t] = a * scale;
+                }
+                softmax(sc, pos + 1);
+                float *o = att[r] + hd * dh;
+                for (int j = 0; j < dh; j++) o[j] = 0.0f;
+                for (int t = 0; t <= pos; t++) {
+                    float w = sc[t];
+#pragma omp simd
+                    for (int j = 0; j < dh; j++) o[j] += w * V[(size_t)t * dh + j];
+                }
+            }
+            gemv_rows(LINEAR(OUT), n_rows, att, x, d, d, ADD);
+
+#pragma omp single
+            for (int r = 0; r < n_rows; r++) layer_norm(x[r], F32(CROSS_LN_W), F32(CROSS_LN_B), h[r], d);
+            gemv_rows(LINEAR(CQ), n_rows, h, qkv, d, d, STORE);
+            const uint16_t *kt = (const uint16_t *)p[CROSS_KT], *cv = (const uint16_t *)p[CROSS_V];
+#pragma omp for schedule(static)
+            for (int hd = 0; hd < n_head; hd++) {
+                /* each row of keys and values is read once for every row's query */
+                for (int r = 0; r < n_rows; r++) {
+                    float *sc = scores[r] + (size_t)hd * span;
+                    for (int t = 0; t < n_audio; t++) sc[t] = 0.0f;
+                }
+                for (int j = 0; j < dh; j++) {
+                    const uint16_t *row = kt + ((size_t)hd * dh + j) * n_audio;
+                    for (int r = 0; r < n_rows; r++) {
+                        float *sc = scores[r] + (size_t)hd * span;
+                        float qj = qkv[r][hd * dh + j] * scale;
+#pragma omp simd
+                        for (int t = 0; t < n_audio; t++) sc[t] += qj * bf16_to_f32(row[t]);
+                    }
+                }
+                for (int r = 0; r < n_rows; r++) {
+                    softmax(scores[r] + (size_t)hd * span, n_audio);
+                    float *o = att[r] + hd * dh;
+                    for (int j = 0; j < dh; j++) o[j] = 0.0f;
+                }
+                const uint16_t *V = cv + (size_t)hd * n_audio * dh;
+                for (int t = 0; t < n_audio; t++) {
+                    for (int r = 0; r < n_rows; r++) {
+                        float w = scores[r][(size_t)hd * span + t];
+                        float *o = att[r] + hd * dh;
+#pragma omp simd
+                        for (int j = 0; j < dh; j++) o[j] += w * bf16_to_f32(V[(size_t)t * dh + j]);
+                    }
+                }
+            }
+            gemv_rows(LINEAR(COUT), n_rows, att, x, d, d, ADD);
+
+#pragma omp single
+            for (int r = 0; r < n_rows; r++) layer_norm(x[r], F32(MLP_LN_W), F32(MLP_LN_B), h[r], d);
+            gemv_rows(LINEAR(FC1), n_rows, h, f, d_ff, d, GELU);
+            gemv_rows(LINEAR(FC2), n_rows, f, x, d, d_ff, ADD);
+#undef F32
+#undef LINEAR
+        }
+#pragma omp single
+        for (int r = 0; r < n_rows; r++) layer_norm(x[r], (const float *)globals[LN_W], (const float *)globals[LN_B], h[r], d);
+        gemv_rows((const int8_t *)globals[HEAD], (const float *)globals[HEAD + 1], NULL, n_rows, h, logits, n_vocab,
+                  d, STORE);
+    }
+    return 0;
 }

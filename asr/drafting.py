@@ -340,8 +340,13 @@ class NativeSelfDrafter(SelfDrafter):
             for i in range(n):
                 if open_rows[i] and len(sequences[i]) <= position:
                     groups.setdefault(tuple(sequences[i] + proposed[i]), []).append(i)
-            for prefix, members in groups.items():
-                logits = self._prefix_logits(list(prefix), [rows[i] for i in members])
+            prefixes = list(groups)
+            all_logits = self._prefix_logits(
+                [list(p) for p in prefixes], [[rows[i] for i in groups[p]] for p in prefixes]
+            )
+            for prefix, logits in zip(prefixes, all_logits, strict=True):
+                members = groups[prefix]
+                logits = logits[None]
                 apply_filters(self.filters, logits, [prefix])
                 keys = [(rows[i], position) for i in members]
                 chosen = choice.choose(logits.expand(len(members), -1), keys)
@@ -356,28 +361,38 @@ class NativeSelfDrafter(SelfDrafter):
     ) -> TreeProposal:
         raise NotImplementedError("beam search drafts with the batched self draft (batched=True)")
 
-    def _prefix_logits(self, prefix: list[int], slots: list[int]) -> Tensor:
-        """The next-token logits after `prefix`, shape = (1, n_vocab), computed in whichever of `slots` (rows
-        whose sequence it is) has the most of it cached; a tensor of the caller's."""
-        best, best_shared = slots[0], -1
-        for slot in slots:
-            fed = self.slots[slot].fed
-            if len(fed) < len(prefix) and prefix[: len(fed)] == fed:
-                n_shared = len(fed)
-            else:
-                n_shared, limit = 0, min(len(fed), len(prefix))
-                while n_shared < limit and fed[n_shared] == prefix[n_shared]:
-                    n_shared += 1
-            if n_shared > best_shared:
-                best, best_shared = slot, n_shared
-        row = self.slots[best]
-        n_shared = min(best_shared, len(prefix) - 1)  # the last token is always fed
-        row.window.cache.crop(min(n_shared, row.window.cache.length))
-        row.fed = prefix[:]
+    def _prefix_logits(self, prefixes: list[list[int]], slots: list[list[int]]) -> Tensor:
+        """The next-token logits after each prefix, shape = (len(prefixes), n_vocab), a tensor of the
+        caller's: prefix i is computed in whichever of slots[i] (rows whose sequence it is) has the most of
+        it cached, all of them in one native call (the weights read once)."""
+        leaders: list[_NativeRow] = []
+        last: list[int] = []
+        for prefix, candidates in zip(prefixes, slots, strict=True):
+            best, best_shared = candidates[0], -1
+            for slot in candidates:
+                fed = self.slots[slot].fed
+                if len(fed) < len(prefix) and prefix[: len(fed)] == fed:
+                    n_shared = len(fed)
+                else:
+                    n_shared, limit = 0, min(len(fed), len(prefix))
+                    while n_shared < limit and fed[n_shared] == prefix[n_shared]:
+                        n_shared += 1
+                if n_shared > best_shared:
+                    best, best_shared = slot, n_shared
+            row = self.slots[best]
+            n_shared = min(best_shared, len(prefix) - 1)  # the last token is always fed
+            row.window.cache.crop(min(n_shared, row.window.cache.length))
+            if len(prefix) - n_shared > 1:  # catching up: all but the last token, one by one
+                row.window.feed(prefix[n_shared:-1])
+            row.fed = prefix[:]
+            leaders.append(row)
+            last.append(prefix[-1])
         self._n_passes += 1
-        # feed() reuses its buffer, and a proposal keeps q's rows: a copy (one memcpy; torch's clone may
-        # wake the thread pool for it)
-        return torch.from_numpy(row.window.feed(prefix[n_shared:]).numpy().copy())
+        if len(leaders) == 1:
+            # feed() reuses its buffer, and a proposal keeps q's rows: a copy (one memcpy; torch's clone may
+            # wake the thread pool for it)
+            return torch.from_numpy(leaders[0].window.feed(last).numpy().copy())
+        return NativeWindow.feed_rows([row.window for row in leaders], last)
 
 
 @dataclass

@@ -46,7 +46,8 @@ logger = logging.getLogger("asr")
 SOURCE = Path(__file__).with_name("draft_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 # The version of the kernel's exported signatures that the declarations in build() follow (asr_draft_abi).
-ABI = 2
+ABI = 3
+MAX_ROWS = 16  # draft_kernel.c's: the most rows asr_draft_step_rows takes
 GROUP = 16  # rows per packed group (draft_kernel.c)
 
 _LOCK = threading.Lock()
@@ -108,6 +109,10 @@ def build(flags: Sequence[str] | None = None, directory: Path | None = None) -> 
     lib.asr_draft_step.restype = None
     lib.asr_draft_step.argtypes = (
         [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
+    )
+    lib.asr_draft_step_rows.restype = ctypes.c_int
+    lib.asr_draft_step_rows.argtypes = (
+        [ctypes.c_void_p] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int]
     )
     check_layout(layout(lib))
     return lib
@@ -431,6 +436,38 @@ class NativeWindow:
         self.table = _pointers(table)
         self.work = torch.empty(draft.work_size)
         self.logits = torch.empty(1, draft.n_vocab)
+
+    @staticmethod
+    def feed_rows(windows: list[NativeWindow], tokens: list[int]) -> Tensor:
+        """One token for each of several rows of one window (their states made with `like`), in one call
+        that reads the weights once: the next-token logits, shape = (len(windows), n_vocab), a new tensor;
+        row r's are bit for bit what windows[r].feed([tokens[r]]) gives."""
+        draft = windows[0].draft
+        n = len(windows)
+        if not 1 <= n <= MAX_ROWS or len(tokens) != n:
+            raise ValueError(f"feed_rows takes 1 to {MAX_ROWS} windows and a token each")
+        if any(w.draft is not draft or w.cross_kt is not windows[0].cross_kt for w in windows):
+            raise ValueError("feed_rows takes rows of one window (made with like=)")
+        for token in tokens:
+            if not 0 <= token < draft.n_vocab:
+                raise ValueError(f"token {token} is outside the vocabulary")
+        logits = torch.empty(n, draft.n_vocab)
+        positions = [w.cache.reserve(1)[0] for w in windows]
+        pointers = ctypes.c_void_p * n
+        status = draft.lib.asr_draft_step_rows(
+            pointers(*(ctypes.addressof(w.table) for w in windows)),
+            draft.global_table,
+            draft.dims,
+            n,
+            (ctypes.c_int * n)(*tokens),
+            (ctypes.c_int * n)(*positions),
+            pointers(*(logits[r].data_ptr() for r in range(n))),
+            pointers(*(w.work.data_ptr() for w in windows)),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise RuntimeError(f"the native draft step refused {n} rows")
+        return logits
 
     def feed(self, tokens: list[int]) -> Tensor:
         """Feed `tokens` after the cache's positions; the next-token logits, shape = (1, n_vocab). The
