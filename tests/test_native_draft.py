@@ -183,6 +183,33 @@ def test_portable_and_native_builds_agree(tmp_path):
 
 
 @needs_compiler
+@pytest.mark.parametrize("flags", [native_draft.FLAGS, PORTABLE_FLAGS], ids=["avx2", "portable"])
+@pytest.mark.parametrize("n_rows", [1, 2, 3, 5])  # pairs and a row alone (the AVX2 products go by two)
+def test_rows_stepped_together_equal_each_alone(tmp_path, flags, n_rows):
+    """Several rows of one window in one call (the weights read once): bit for bit each row alone, over
+    steps where the rows sit at different positions."""
+    m = random_model(seed=8, dims=random_dims(n_state=40, n_head=2), scale=4.0)
+    draft = native_draft.NativeDraft(m.model.decoder, native_draft.build(flags, tmp_path))
+    decoder = m.model.decoder
+    with torch.inference_mode():
+        cross = decoder.project_audio(_features(m, 5))
+        together, alone = [], []
+        for windows in (together, alone):
+            for r in range(n_rows):
+                cache = decoder.cache_with_cross(*cross, n_batch=1)
+                windows.append(draft.window(cache, *cross, windows[0] if windows else None))
+                windows[-1].feed([50257, *range(100, 100 + r)])  # rows at different positions
+        for step in range(6):
+            tokens = [200 + 7 * step + r for r in range(n_rows)]
+            rows = native_draft.NativeWindow.feed_rows(together, tokens)
+            for r, window in enumerate(alone):
+                assert torch.equal(rows[r], window.feed([tokens[r]])[0]), (step, r)
+    with pytest.raises(ValueError, match="rows of one window"):
+        other = draft.window(decoder.cache_with_cross(*cross, n_batch=1), *cross)
+        native_draft.NativeWindow.feed_rows([together[0], other], [1, 2])
+
+
+@needs_compiler
 def test_feeding_several_tokens_equals_one_at_a_time():
     m = random_model(seed=7)
     lib = native_draft.library()
