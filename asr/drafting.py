@@ -367,23 +367,22 @@ class NativeSelfDrafter(SelfDrafter):
         it cached, all of them in one native call (the weights read once)."""
         leaders: list[_NativeRow] = []
         last: list[int] = []
-        for prefix, candidates in zip(prefixes, slots, strict=True):
-            best, best_shared = candidates[0], -1
-            for slot in candidates:
-                fed = self.slots[slot].fed
-                if len(fed) < len(prefix) and prefix[: len(fed)] == fed:
-                    n_shared = len(fed)
-                else:
-                    n_shared, limit = 0, min(len(fed), len(prefix))
-                    while n_shared < limit and fed[n_shared] == prefix[n_shared]:
-                        n_shared += 1
-                if n_shared > best_shared:
-                    best, best_shared = slot, n_shared
-            row = self.slots[best]
-            n_shared = min(best_shared, len(prefix) - 1)  # the last token is always fed
-            row.window.cache.crop(min(n_shared, row.window.cache.length))
-            if len(prefix) - n_shared > 1:  # catching up: all but the last token, one by one
-                row.window.feed(prefix[n_shared:-1])
+        shared = [_shared(row.fed, prefix) for row in self.slots for prefix in prefixes]
+        for i, (prefix, candidates) in enumerate(zip(prefixes, slots, strict=True)):
+            n = len(prefixes)
+            # the row computing it: the candidate with the most of it cached...
+            best = max(candidates, key=lambda slot: shared[slot * n + i])
+            row, n_own = self.slots[best], min(shared[best * n + i], len(prefix) - 1)
+            row.window.cache.crop(min(n_own, row.window.cache.length))
+            # ...and the keys/values of what any row has of it beyond that, copied (rows that agreed were
+            # computed once, in one of them)
+            source = max(range(len(self.slots)), key=lambda slot: shared[slot * n + i])
+            n_source = min(shared[source * n + i], len(prefix) - 1)
+            if n_source > n_own:
+                row.window.cache.copy_positions(self.slots[source].window.cache, n_own, n_source)
+                n_own = n_source
+            if len(prefix) - n_own > 1:  # catching up: all but the last token, one by one
+                row.window.feed(prefix[n_own:-1])
             row.fed = prefix[:]
             leaders.append(row)
             last.append(prefix[-1])
@@ -393,6 +392,16 @@ class NativeSelfDrafter(SelfDrafter):
             # wake the thread pool for it)
             return torch.from_numpy(leaders[0].window.feed(last).numpy().copy())
         return NativeWindow.feed_rows([row.window for row in leaders], last)
+
+
+def _shared(fed: list[int], prefix: list[int]) -> int:
+    """How many leading tokens `fed` and `prefix` share."""
+    if len(fed) < len(prefix) and prefix[: len(fed)] == fed:
+        return len(fed)
+    n, limit = 0, min(len(fed), len(prefix))
+    while n < limit and fed[n] == prefix[n]:
+        n += 1
+    return n
 
 
 @dataclass

@@ -78,6 +78,15 @@ class KVCache:
             buffer[:, :n, :, :m] = buffer[:, rows[:, None], :, positions].permute(2, 0, 3, 1, 4)
         self.length = m
 
+    def copy_positions(self, other: KVCache, start: int, end: int) -> None:
+        """Take positions [start, end) of `other` (a cache of the same shape, whose rows hold the same
+        tokens there): this cache's length becomes `end`. start must be at most this cache's length."""
+        if not 0 <= start <= min(self.length, end) or end > other.length:
+            raise ValueError(f"cannot copy positions {start}:{end} into a cache of length {self.length}")
+        self.self_k[:, :, :, start:end] = other.self_k[:, :, :, start:end]
+        self.self_v[:, :, :, start:end] = other.self_v[:, :, :, start:end]
+        self.length = end
+
     def reserve(self, n_new: int) -> tuple[int, int]:
         """Claim positions for `n_new` tokens; returns (start, end) and advances `length` to end."""
         start, end = self.length, self.length + n_new
