@@ -340,6 +340,8 @@ class NativeSelfDrafter(SelfDrafter):
             for i in range(n):
                 if open_rows[i] and len(sequences[i]) <= position:
                     groups.setdefault(tuple(sequences[i] + proposed[i]), []).append(i)
+            if not groups:  # every open row has a token of its own here
+                continue
             prefixes = list(groups)
             all_logits = self._prefix_logits(
                 [list(p) for p in prefixes], [[rows[i] for i in groups[p]] for p in prefixes]

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from asr import native_draft
 from asr.decoding import DecodingOptions, DecodingTask
 from asr.draft_factory import make_drafter
-from asr.drafting import NativeSelfDrafter
+from asr.drafting import NativeSelfDrafter, Window
 from asr.model import Whisper
+from asr.sampling import GumbelChoice
 from tests.util import random_dims, random_model
 
 HAVE_COMPILER = bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
@@ -207,6 +208,33 @@ def test_rows_stepped_together_equal_each_alone(tmp_path, flags, n_rows):
     with pytest.raises(ValueError, match="rows of one window"):
         other = draft.window(decoder.cache_with_cross(*cross, n_batch=1), *cross)
         native_draft.NativeWindow.feed_rows([together[0], other], [1, 2])
+
+
+@needs_compiler
+def test_native_rows_of_unequal_length_propose_like_the_pytorch_draft():
+    """The native draft's rows (one cache each, agreeing rows drafted once) propose, row by row, what the
+    same draft proposes for each sequence alone."""
+    m = random_model(seed=9, scale=4.0)
+    drafter = make_drafter("self", m)
+    assert isinstance(drafter, NativeSelfDrafter)
+    features = _features(m, 6)
+    sot = m.tokenizer.sot
+    sequences = [[sot, 400], [sot, 400, 401, 402], [sot, 400, 401, 402], [sot, 500, 501], [sot, 400, 401]]
+    choice = GumbelChoice(3, 1.0)
+
+    def start(n_rows):
+        cache = m.model.decoder.new_cache(features, n_batch=1)
+        m.model.decoder(torch.tensor([[sot]]), cache)
+        drafter.start(Window(features, torch.empty(0), [], cache, [sot], n_rows=n_rows))
+
+    with torch.inference_mode():
+        start(len(sequences))
+        together = drafter.propose(sequences, 6, choice, list(range(len(sequences))))
+        for r, sequence in enumerate(sequences):
+            start(len(sequences))
+            (alone,) = drafter.propose([sequence], 6, choice, [r])
+            assert together[r].tokens == alone.tokens, r
+            assert len(sequence) + len(alone.tokens) == 6 or m.tokenizer.eot in alone.tokens
 
 
 @needs_compiler
