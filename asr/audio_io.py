@@ -81,6 +81,9 @@ _ARRAY_NAME = "<array>"
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
 
+MAX_SAMPLE_RATE = 768_000  # the highest rate audio interfaces record at
+
+
 def load_audio(
     source: AudioSource,
     *,
@@ -383,7 +386,8 @@ def _decode(
         raise AudioLoadError(f"{label}: {_open_failure_reason(error)}") from error
     with sound:
         rate, n_channels, header_frames = sound.samplerate, sound.channels, sound.frames
-        if rate <= 0 or n_channels <= 0:
+        if rate <= 0 or n_channels <= 0 or rate > MAX_SAMPLE_RATE:
+            # a rate past any recorder's is a corrupt header (its samples would resample to nothing)
             raise AudioLoadError(f"{label}: header gives {n_channels} channels at {rate} Hz")
         length_is_exact = sound.format not in _ESTIMATED_LENGTH_FORMATS
         if length_is_exact and max_duration_s is not None:

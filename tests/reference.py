@@ -114,7 +114,7 @@ def reference_transcribe(reference: Any, samples: np.ndarray, language: str) -> 
         out = whisper.transcribe(
             reference,
             samples,
-            temperature=0.0,  # one value: no fallback (ours has none yet)
+            temperature=0.0,  # one value: no fallback (openai samples at random; ours is given 0 too)
             language=language,
             fp16=False,
             condition_on_previous_text=True,

@@ -28,7 +28,7 @@ import torch
 from asr import cli, draft_factory, native_draft
 from asr.decoding import MAX_DRAFT_K, DecodingOptions, DecodingTask
 from asr.draft_factory import make_drafter
-from asr.drafting import DecoderDrafter, ModelDrafter, Proposal
+from asr.drafting import DecoderDrafter, ModelDrafter, NativeSelfDrafter, Proposal
 from asr.errors import IncompatibleModelsError, InvalidOptionError
 from asr.figures import RunStats, StageTimes, finish
 from asr.model import Whisper
@@ -357,6 +357,14 @@ def test_cli_json_figures_of_the_default_self_draft(capsys, tmp_path, monkeypatc
         return proposals
 
     monkeypatch.setattr(DecoderDrafter, "propose", counting)
+    native_propose = NativeSelfDrafter.propose  # its own: one cache per sample row
+
+    def counting_native(self, sequences, until, choice, rows):
+        proposals = native_propose(self, sequences, until, choice, rows)
+        passes_with_a_proposal.extend(len(p.tokens) for p in proposals if p.tokens)
+        return proposals
+
+    monkeypatch.setattr(NativeSelfDrafter, "propose", counting_native)
     _, stats, line = run_json(capsys, tmp_path)
     assert (stats["draft"], stats["target"], stats["draft_k"]) == ("self", "base", "adaptive")
     native = native_draft.library() is not None
