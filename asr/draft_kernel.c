@@ -4,7 +4,7 @@
    only ~67 MB for base (49 MB of int8 weights, 18 MB of bf16 cross-attention keys/values), and reading them
    is its floor; the PyTorch step takes well above it, mostly in dispatch. Here the whole step is one OpenMP
    region, close to that floor: int8 matrix-vector products over groups of rows split between threads (AVX2
-   integer products where the CPU has them, see gemv), attention split by head. Figures: README, Speed.
+   integer products where the CPU has them, see gemv_rows), attention split by head. Figures: README, Speed.
 
    The draft only proposes: the target checks every token, so nothing here has to match the target's
    arithmetic. It rounds differently (fp32 activations, a polynomial exp, GELU's tanh form); what counts is
@@ -295,31 +295,10 @@ int asr_draft_fast(void) {
 #endif
 }
 
-/* y[o] (=, +=, = gelu) s[o] * (W[o] . x) + b[o] for o < n_out, W packed as above. Called inside a parallel
-   region: the groups of rows are split between its threads. */
-static void gemv(const int8_t *W, const float *s, const float *b, const float *x, float *y, int n_out,
-                 int n_in, int mode) {
-    int n_groups = (n_out + GROUP - 1) / GROUP, n_in4 = ((n_in + 3) / 4 + 3) / 4 * 4;
-#if defined(HAVE_AVX2)
-    int16_t q[4 * n_in4];
-    float step = quantise(x, n_in, 4 * n_in4, q);
-#endif
-#pragma omp for schedule(static)
-    for (int g = 0; g < n_groups; g++) {
-        const int8_t *wg = W + (size_t)g * n_in4 * 64;
-        float sums[GROUP];
-#if defined(HAVE_AVX2)
-        dot16(wg, q, n_in4, step, sums);
-#else
-        dot16_float(wg, x, n_in, sums);
-#endif
-        int o = g * GROUP, n_rows = n_out - o < GROUP ? n_out - o : GROUP;
-        for (int r = 0; r < n_rows; r++) put(y, o + r, epilogue(sums[r], s, b, o + r), mode);
-    }
-}
-
-/* gemv for n_rows inputs x[r] -> y[r], the weights read once for all of them (a group of 16 rows of W
-   stays in the cache while every input takes its products); each y[r] is what gemv gives for x[r]. */
+/* y[r][o] (=, +=, = gelu) s[o] * (W[o] . x[r]) + b[o] for o < n_out and each of n_rows inputs, W packed as
+   above, the weights read once for all inputs (a group of 16 rows of W stays in the cache while every input
+   takes its products); y[r] does not depend on the other inputs. Called inside a parallel region: the groups
+   of rows are split between its threads. */
 #define MAX_ROWS 16
 static void gemv_rows(const int8_t *W, const float *s, const float *b, int n_rows, float *const *x,
                       float *const *y, int n_out, int n_in, int mode) {
@@ -366,113 +345,14 @@ static void softmax(float *scores, int n) {
     for (int t = 0; t < n; t++) scores[t] *= inv;
 }
 
-/* Feed `token` at position `pos` (the draft's cache holds positions < pos): its keys/values go into the
-   cache, and if `logits` is not NULL the next-token logits (n_vocab floats) are written there.
-   work: asr_draft_work_size(dims) floats. */
-void asr_draft_step(const void *const *layers, const void *const *globals, const int *dims, int token,
-                    int pos, float *logits, float *work, int n_threads) {
-    const int n_layer = dims[N_LAYER], d = dims[D_MODEL], n_head = dims[N_HEAD], d_ff = dims[D_FF];
-    const int n_vocab = dims[N_VOCAB], n_audio = dims[N_AUDIO_CTX], n_ctx = dims[N_CTX];
-    const int dh = d / n_head;
-    const int span = n_audio > n_ctx ? n_audio : n_ctx;
-    const float scale = 1.0f / sqrtf((float)dh);
-    const struct scratch s = scratch_of(dims);
-    float *x = work + s.x, *h = work + s.h, *qkv = work + s.qkv, *att = work + s.att, *f = work + s.f;
-    float *scores = work + s.scores;
-
-    const float *tok = (const float *)globals[TOKEN_EMB] + (size_t)token * d;
-    const float *pe = (const float *)globals[POS_EMB] + (size_t)pos * d;
-    for (int i = 0; i < d; i++) x[i] = tok[i] + pe[i];
-
-#pragma omp parallel num_threads(n_threads)
-    {
-        for (int l = 0; l < n_layer; l++) {
-            const void *const *p = layers + (size_t)l * N_LAYER_PTRS;
-#define F32(i) ((const float *)p[i])
-#define LINEAR(i) (const int8_t *)p[i], F32(i + 1), F32(i + 2)
-            /* self-attention over the cached positions and this one */
-#pragma omp single
-            layer_norm(x, F32(ATTN_LN_W), F32(ATTN_LN_B), h, d);
-            gemv(LINEAR(QKV), h, qkv, 3 * d, d, STORE);
-            float *self_k = (float *)p[SELF_K], *self_v = (float *)p[SELF_V];
-#pragma omp for schedule(static)
-            for (int hd = 0; hd < n_head; hd++) {
-                float *K = self_k + (size_t)hd * n_ctx * dh, *V = self_v + (size_t)hd * n_ctx * dh;
-                const float *q = qkv + hd * dh;
-                memcpy(K + (size_t)pos * dh, qkv + d + hd * dh, dh * sizeof(float));
-                memcpy(V + (size_t)pos * dh, qkv + 2 * d + hd * dh, dh * sizeof(float));
-                float *sc = scores + (size_t)hd * span;
-                for (int t = 0; t <= pos; t++) {
-                    float a = 0.0f;
-#pragma omp simd reduction(+ : a)
-                    for (int j = 0; j < dh; j++) a += q[j] * K[(size_t)t * dh + j];
-                    sc[t] = a * scale;
-                }
-                softmax(sc, pos + 1);
-                float *o = att + hd * dh;
-                for (int j = 0; j < dh; j++) o[j] = 0.0f;
-                for (int t = 0; t <= pos; t++) {
-                    float w = sc[t];
-#pragma omp simd
-                    for (int j = 0; j < dh; j++) o[j] += w * V[(size_t)t * dh + j];
-                }
-            }
-            gemv(LINEAR(OUT), att, x, d, d, ADD);
-
-            /* cross-attention over the window's audio */
-#pragma omp single
-            layer_norm(x, F32(CROSS_LN_W), F32(CROSS_LN_B), h, d);
-            gemv(LINEAR(CQ), h, qkv, d, d, STORE);
-            const uint16_t *kt = (const uint16_t *)p[CROSS_KT], *cv = (const uint16_t *)p[CROSS_V];
-#pragma omp for schedule(static)
-            for (int hd = 0; hd < n_head; hd++) {
-                const float *q = qkv + hd * dh;
-                float *sc = scores + (size_t)hd * span;
-                for (int t = 0; t < n_audio; t++) sc[t] = 0.0f;
-                for (int j = 0; j < dh; j++) {
-                    const uint16_t *row = kt + ((size_t)hd * dh + j) * n_audio;
-                    float qj = q[j] * scale;
-#pragma omp simd
-                    for (int t = 0; t < n_audio; t++) sc[t] += qj * bf16_to_f32(row[t]);
-                }
-                softmax(sc, n_audio);
-                float *o = att + hd * dh;
-                for (int j = 0; j < dh; j++) o[j] = 0.0f;
-                const uint16_t *V = cv + (size_t)hd * n_audio * dh;
-                for (int t = 0; t < n_audio; t++) {
-                    float w = sc[t];
-#pragma omp simd
-                    for (int j = 0; j < dh; j++) o[j] += w * bf16_to_f32(V[(size_t)t * dh + j]);
-                }
-            }
-            gemv(LINEAR(COUT), att, x, d, d, ADD);
-
-            /* MLP */
-#pragma omp single
-            layer_norm(x, F32(MLP_LN_W), F32(MLP_LN_B), h, d);
-            gemv(LINEAR(FC1), h, f, d_ff, d, GELU);
-            gemv(LINEAR(FC2), f, x, d, d_ff, ADD);
-#undef F32
-#undef LINEAR
-        }
-        if (logits) {
-#pragma omp single
-            layer_norm(x, (const float *)globals[LN_W], (const float *)globals[LN_B], h, d);
-            gemv((const int8_t *)globals[HEAD], (const float *)globals[HEAD + 1], NULL, h, logits, n_vocab, d,
-                 STORE);
-        }
-    }
-}
-
-/* asr_draft_step for n_rows (at most MAX_ROWS) rows of one window at once: row r feeds tokens[r] at
-   positions[r] through its own per-layer table tables[r] (its own KV cache; the weights and the window's
-   cross-attention keys/values must be the same for every row), writes its next-token logits to logits[r]
-   and uses works[r] as its work space. The weights are read once for all rows, which is what a step costs;
-   each row's logits are bit for bit what asr_draft_step gives it. Returns 0, or -1 for too many rows. */
-int asr_draft_step_rows(const void *const *const *tables, const void *const *globals, const int *dims,
-                        int n_rows, const int *tokens, const int *positions, float *const *logits,
-                        float *const *works, int n_threads) {
-    if (n_rows < 1 || n_rows > MAX_ROWS) return -1;
+/* One step for n_rows (at most MAX_ROWS) rows of one window at once: row r feeds tokens[r] at positions[r]
+   through its own per-layer table tables[r] (its own KV cache; the weights and the window's cross-attention
+   keys/values must be the same for every row), writes its next-token logits to logits[r] (no logits at all
+   if `logits` is NULL) and uses works[r] as its work space. The weights are read once for all rows, which
+   is what a step costs; a row's results do not depend on the others. */
+static void step_rows(const void *const *const *tables, const void *const *globals, const int *dims, int n_rows,
+                      const int *tokens, const int *positions, float *const *logits, float *const *works,
+                      int n_threads) {
     const int n_layer = dims[N_LAYER], d = dims[D_MODEL], n_head = dims[N_HEAD], d_ff = dims[D_FF];
     const int n_vocab = dims[N_VOCAB], n_audio = dims[N_AUDIO_CTX], n_ctx = dims[N_CTX];
     const int dh = d / n_head;
@@ -568,10 +448,32 @@ int asr_draft_step_rows(const void *const *const *tables, const void *const *glo
 #undef F32
 #undef LINEAR
         }
+        if (logits) {
 #pragma omp single
-        for (int r = 0; r < n_rows; r++) layer_norm(x[r], (const float *)globals[LN_W], (const float *)globals[LN_B], h[r], d);
-        gemv_rows((const int8_t *)globals[HEAD], (const float *)globals[HEAD + 1], NULL, n_rows, h, logits, n_vocab,
-                  d, STORE);
+            for (int r = 0; r < n_rows; r++)
+                layer_norm(x[r], (const float *)globals[LN_W], (const float *)globals[LN_B], h[r], d);
+            gemv_rows((const int8_t *)globals[HEAD], (const float *)globals[HEAD + 1], NULL, n_rows, h, logits,
+                      n_vocab, d, STORE);
+        }
     }
+}
+
+/* Feed `token` at position `pos` (the draft's cache holds positions < pos): its keys/values go into the
+   cache, and if `logits` is not NULL the next-token logits (n_vocab floats) are written there.
+   work: asr_draft_work_size(dims) floats. */
+void asr_draft_step(const void *const *layers, const void *const *globals, const int *dims, int token,
+                    int pos, float *logits, float *work, int n_threads) {
+    const void *const *tables[1] = {layers};
+    float *row_logits[1] = {logits}, *works[1] = {work};
+    step_rows(tables, globals, dims, 1, &token, &pos, logits ? row_logits : NULL, works, n_threads);
+}
+
+/* step_rows for the rows of one window, each row's logits bit for bit what asr_draft_step gives it alone.
+   Returns 0, or -1 for too many rows. */
+int asr_draft_step_rows(const void *const *const *tables, const void *const *globals, const int *dims,
+                        int n_rows, const int *tokens, const int *positions, float *const *logits,
+                        float *const *works, int n_threads) {
+    if (n_rows < 1 || n_rows > MAX_ROWS) return -1;
+    step_rows(tables, globals, dims, n_rows, tokens, positions, logits, works, n_threads);
     return 0;
 }
