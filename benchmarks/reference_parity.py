@@ -38,19 +38,13 @@ MODES = ("ours", "ours-spec", "ours-padded")
 
 def error_rate(reference: str, hypothesis: str, language: str) -> tuple[int, int]:
     """(edits, reference length): words, or characters for Japanese."""
-    from tests.util import normalize
+    from tests.util import edit_distance, normalize
 
     if language == "ja":
         ref, hyp = list("".join(reference.split())), list("".join(hypothesis.split()))
     else:
         ref, hyp = normalize(reference), normalize(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1], len(ref)
+    return edit_distance(ref, hyp), len(ref)
 
 
 def main() -> None:

@@ -22,6 +22,18 @@ os.environ.update(_OFFLINE_ENV)
 os.environ["ASR_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="asr-tests-runtime-")
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the test (tiny models gain nothing from threads); a module asks for it with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline_hub() -> Iterator[None]:
     """Tests never touch the network: Hugging Face libraries may only use their local cache."""

@@ -17,13 +17,7 @@ from asr.loop import LoopResult
 from asr.transcribe import DEFAULT_TEMPERATURES, TranscribeOptions, Transcriber, _needs_fallback, transcribe
 from tests.util import random_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,7 @@ LEGACY_STATS_KEYS = {
 LEGACY_TIME_KEYS = {"load_audio", "mel", "encoder", "cross_kv", "draft", "target", "decode", "total"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

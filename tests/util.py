@@ -148,16 +148,21 @@ def normalize(text: str) -> list[str]:
     return re.sub(r"[^\w' ]+", " ", text).replace(" '", " ").split()
 
 
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance / reference length."""
-    ref, hyp = normalize(reference), normalize(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
+def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
+    """Substitutions, insertions and deletions turning `reference` into `hypothesis` (words or characters)."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
         current = [i]
-        for j, h in enumerate(hyp, 1):
+        for j, h in enumerate(hypothesis, 1):
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
         previous = current
-    return previous[-1] / max(len(ref), 1)
+    return previous[-1]
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: word-level edit distance / reference length."""
+    ref = normalize(reference)
+    return edit_distance(ref, normalize(hypothesis)) / max(len(ref), 1)
 
 
 def perturbed_decoder(m: LoadedModel, noise: float, seed: int) -> TextDecoder:
