@@ -112,6 +112,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: run on the `asr serve` server when one is running (same output), else here; off: here",
     )
 
+    live = commands.add_parser(
+        "stream",
+        help="live captions: replay a file as if it were a live source",
+        description="Replay an audio file as a live source and print committed text as it comes: the buffer "
+        "is decoded again every --update-s seconds and text is committed where two consecutive updates "
+        "agree; the previous update's text is the draft. --json: one JSON object per line.",
+    )
+    live.add_argument("path", type=Path, help="an audio file")
+    live.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled ({', '.join(BUNDLED)}), HF id or dir")
+    live.add_argument("--language", default=None, help="language code, e.g. en, de (default: detect)")
+    live.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
+    live.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    live.add_argument("--draft", default="self", help="draft beyond the previous update's text: self or none")
+    live.add_argument(
+        "--no-hypothesis-draft",
+        action="store_true",
+        help="do not propose the previous update's text (with --draft none: plain decoding)",
+    )
+    live.add_argument("--update-s", type=float, default=1.0, help="decode again every this many seconds (1)")
+    live.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="replay at this many times real time (1); 0: as fast as the CPU goes, timed on a simulated "
+        "real-time clock",
+    )
+    live.add_argument("--json", action="store_true", help="one JSON object per line: commits, then final")
+    live.add_argument("--max-duration", type=float, default=None, help="refuse audio longer than this (s)")
+    live.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+
     commands.add_parser("models", help="list model names and whether each is available on this machine")
 
     serve = commands.add_parser(
@@ -161,6 +191,8 @@ def main(argv: Sequence[str] | None = None, in_process: bool = False) -> int:
             return _models()
         if args.command == "serve":
             return _serve(args, argv)
+        if args.command == "stream":
+            return _stream(args)
         # --verbose shows tracebacks and details: this process's own (issue #22)
         if args.server == "auto" and not args.verbose and not in_process:
             from .client import transcribe_via_server
@@ -256,6 +288,67 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return serve.run(args.model or [DEFAULT_MODEL], args.device, args.concurrency, args.idle_timeout)
 
 
+def _stream(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from .audio_io import DEFAULT_MAX_DURATION_S, stream_audio
+    from .decoding import DecodingOptions
+    from .errors import InvalidOptionError
+    from .live import LiveOptions, LiveStream, replay, replay_clock
+
+    _set_threads(args.threads)
+    if not args.speed >= 0 or math.isinf(args.speed):
+        raise InvalidOptionError(f"--speed must be >= 0 (0: as fast as possible), got {args.speed}")
+    options = DecodingOptions(
+        task=args.task, language=None if args.language in (None, "auto") else args.language, draft=args.draft
+    )
+    live = LiveOptions(update_s=args.update_s, hypothesis_draft=not args.no_hypothesis_draft)
+    max_duration = args.max_duration if args.max_duration is not None else DEFAULT_MAX_DURATION_S
+    samples = np.concatenate([np.zeros(0, np.float32), *stream_audio(args.path, max_duration_s=max_duration)])
+
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device)
+    stream = LiveStream(model, options, live, clock=replay_clock(args.speed))
+    for commit in replay(stream, samples, speed=args.speed):
+        if args.json:
+            print(json.dumps(commit.to_dict(), ensure_ascii=False), flush=True)
+        else:
+            print(commit.text, end="", flush=True)
+    stats = stream.stats.to_dict()
+    if args.json:
+        segments = [
+            {"start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens} for s in stream.segments()
+        ]
+        final = {"type": "final", "text": stream.text, "segments": segments, "stats": stats}
+        print(json.dumps(final, ensure_ascii=False), flush=True)
+    else:
+        print(flush=True)
+    _err(
+        f"{args.path}: {len(samples) / 16000:.1f} s of audio, {stats['updates']} updates "
+        f"(mean {stats['update_time_mean_s'] or 0:.2f} s, max {stats['update_time_max_s']:.2f} s, "
+        f"{stats['lagging_updates']} over {args.update_s:g} s); commit latency mean "
+        f"{stats['latency_mean_s'] or 0:.2f} s, p95 {stats['latency_p95_s'] or 0:.2f} s; "
+        f"{stats['target_passes']} target passes for {stats['tokens']} tokens (plain decoding: "
+        f"{stats['plain_passes']}); accepted {stats['accepted_from_hypothesis']} from the previous text, "
+        f"{stats['accepted_from_draft']} from the draft ({stream.drafter.name})"
+    )
+    return EXIT_OK
+
+
+def _set_threads(threads: int | None) -> None:
+    from .errors import InvalidOptionError
+
+    if threads is not None:
+        if threads < 1:
+            raise InvalidOptionError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     from .audio_io import DEFAULT_MAX_DURATION_S
     from .decoding import DecodingOptions
@@ -264,12 +357,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .writers import resolve_formats
 
     formats = resolve_formats(args.format)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidOptionError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     options = DecodingOptions(
         task=args.task,
         language=None if args.language in (None, "auto") else args.language,
