@@ -356,6 +356,7 @@ class LiveStream:
                 tentative=tokenizer.decode(
                     [t for t in self._previous if t < ts_begin][len(self._in_buffer) :]
                 ),
+                hypothesis=hypothesis,
             )
         )
         self.commits.extend(commits)
