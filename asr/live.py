@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from difflib import SequenceMatcher
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from .sampling import TokenChoice
 from .transcribe import SILENCE_PEAK, TranscribeOptions, _is_silence
 
 MAX_BUFFER_S = N_SAMPLES / SAMPLE_RATE  # one window
+REWRITE_SLACK = 4  # a hypothesis may rewrite committed text this many tokens longer or shorter
 LOOKUP_NGRAM = 2  # after a mismatch, the hypothesis is found again by the last this many tokens
 
 
@@ -315,27 +317,29 @@ class LiveStream:
         ts_begin = tokenizer.timestamp_begin
         text = [t for t in hypothesis if t < ts_begin]
         previous_text = [t for t in self._previous if t < ts_begin]
-        # what of this hypothesis is already committed: the committed tokens, where it still has them
-        consumed = len(self._in_buffer)
-        if text[:consumed] != self._in_buffer:
+        # where this hypothesis's committed part ends (it may have rewritten some of it: kept as committed),
+        # and the previous one's: LocalAgreement-2 compares what follows
+        done = _committed_end(self._in_buffer, text)
+        if text[:done] != self._in_buffer:
             self.stats.revisions += 1
+        previous_done = _committed_end(self._in_buffer, previous_text)
+        agreed = 0
         if final:
-            agreed = len(text)
+            agreed = len(text) - done
         else:
-            agreed = 0
-            while agreed < min(len(text), len(previous_text)) and text[agreed] == previous_text[agreed]:
+            tail, previous_tail = text[done:], previous_text[previous_done:]
+            while agreed < min(len(tail), len(previous_tail)) and tail[agreed] == previous_tail[agreed]:
                 agreed += 1
         pieces = _pieces(hypothesis, ts_begin, self._buffer.shape[0] / SAMPLE_RATE)
-        new = text[consumed:agreed] if agreed > consumed else []
         commits: list[Commit] = []
-        elapsed = time.perf_counter() - started
-        committed_at = self._now(elapsed)
-        if new:
-            commits.append(self._commit(new, consumed, consumed + len(new), pieces, hypothesis, committed_at))
+        committed_at = self._now(time.perf_counter() - started)
+        if agreed:
+            new = text[done : done + agreed]
+            commits.append(self._commit(new, done, done + agreed, pieces, hypothesis, committed_at))
             self._in_buffer = self._in_buffer + new
+            done += agreed
         self._previous = hypothesis
-        silent = not text
-        self._trim(pieces, hypothesis, silent, committed_at, commits)
+        self._trim(pieces, hypothesis, text, done, committed_at, commits)
         update_s = time.perf_counter() - started
         self.stats.lagging_updates += int(update_s > self.live.update_s)
         loop = result.loop if result is not None else None
@@ -354,7 +358,7 @@ class LiveStream:
                 accepted_from_draft=from_draft,
                 committed_tokens=sum(len(c.tokens) for c in commits),
                 tentative=tokenizer.decode(
-                    [t for t in self._previous if t < ts_begin][len(self._in_buffer) :]
+                    _tail(self._in_buffer, [t for t in self._previous if t < ts_begin])
                 ),
                 hypothesis=hypothesis,
             )
@@ -417,55 +421,79 @@ class LiveStream:
         )
 
     def _trim(
-        self, pieces: list[_Piece], hypothesis: list[int], silent: bool, at: float, commits: list[Commit]
+        self,
+        pieces: list[_Piece],
+        hypothesis: list[int],
+        text: list[int],
+        done: int,
+        at: float,
+        commits: list[Commit],
     ) -> None:
-        """Cut the buffer at the end of the last segment whose text is all committed and that another
-        segment follows; before it outgrows the window, at the last segment end there is (its text
-        committed), or all of it; a silent buffer keeps only its last seconds."""
+        """Cut the buffer at the end of the last segment whose text is all committed (`done`: where the
+        committed part of `text`, the hypothesis's text tokens, ends) and that another segment follows;
+        before the buffer outgrows the window, at the last segment end there is (its text committed), or
+        all of it; a silent buffer keeps only its last seconds."""
         n_samples = self._buffer.shape[0]
-        buffer_s = n_samples / SAMPLE_RATE
-        if silent:
+        if not text:
             keep = int(self.live.keep_after_silence_s * SAMPLE_RATE)
             if n_samples > keep + self.live.update_s * SAMPLE_RATE:
-                self._cut(n_samples - keep, len(self._in_buffer), [])
+                self._cut(n_samples - keep, [])
             return
-        done = len(self._in_buffer)
-        cut = None
-        for p in pieces:
-            if p.closed_by_next and p.stop <= done and p.end is not None:
-                cut = p
-        if cut is None and buffer_s + self.live.update_s > self.live.max_buffer_s:
+        closed = [p for p in pieces if p.closed_by_next and p.end is not None]
+        cut = next((p for p in reversed(closed) if p.stop <= done), None)
+        if cut is None and n_samples / SAMPLE_RATE + self.live.update_s > self.live.max_buffer_s:
             # the next update would not fit: commit up to the last segment end there is, or everything
             self.stats.forced_trims += 1
-            closed = [p for p in pieces if p.closed_by_next and p.end is not None]
             cut = closed[-1] if closed else None
-            ts_begin = self.model.tokenizer.timestamp_begin
-            text = [t for t in hypothesis if t < ts_begin]
             stop = cut.stop if cut is not None else len(text)
             if stop > done:
-                commit = self._commit(text[done:stop], done, stop, pieces, hypothesis, at)
-                commits.append(commit)
+                commits.append(self._commit(text[done:stop], done, stop, pieces, hypothesis, at))
                 self._in_buffer = self._in_buffer + text[done:stop]
                 done = stop
             if cut is None:
-                self._cut(n_samples, len(self._in_buffer), [])
+                self._cut(n_samples, [])
                 return
         if cut is not None and cut.end is not None:
             frames = round(cut.end / TIME_PRECISION)
-            n_text = cut.stop
-            self._cut(
-                min(n_samples, round(cut.end * SAMPLE_RATE)),
-                n_text,
-                _shifted_after(hypothesis, cut, frames, self.model.tokenizer.timestamp_begin),
-            )
+            previous = _shifted_after(hypothesis, cut, frames, self.model.tokenizer.timestamp_begin)
+            self._cut(min(n_samples, round(cut.end * SAMPLE_RATE)), previous, text[cut.stop : done])
 
-    def _cut(self, n_samples: int, n_text: int, previous: list[int]) -> None:
-        """Drop the buffer's first n_samples and the committed text tokens they held (to the prompt)."""
+    def _cut(self, n_samples: int, previous: list[int], kept: list[int] | None = None) -> None:
+        """Drop the buffer's first n_samples; the committed text they held goes to the prompt, and `kept`
+        (committed text after the cut, as the hypothesis has it) stays the buffer's."""
+        kept = kept or []
         self._buffer = self._buffer[n_samples:]
         self._buffer_start_s += n_samples / SAMPLE_RATE
-        self._prompt = self._prompt + self._in_buffer[:n_text]
-        self._in_buffer = self._in_buffer[n_text:]
+        n_gone = max(0, len(self._in_buffer) - len(kept))
+        self._prompt = self._prompt + self._in_buffer[:n_gone]
+        self._in_buffer = list(kept)
         self._previous = previous
+
+
+def _committed_end(committed: list[int], text: list[int]) -> int:
+    """Where `committed` ends in `text`: after its last stretch that `text` has too (a hypothesis may
+    rewrite some of what was committed, e.g. a comma for a full stop), and as many tokens on."""
+    if not committed:
+        return 0
+    if text[: len(committed)] == committed:
+        return len(committed)
+    blocks = [
+        # within a few tokens of the committed length: a rewrite is local, and a later repeat of the last
+        # committed words ("words words words") must not pass for them
+        b
+        for b in SequenceMatcher(
+            None, committed, text[: len(committed) + REWRITE_SLACK], autojunk=False
+        ).get_matching_blocks()
+        if b.size
+    ]
+    if not blocks:
+        return min(len(committed), len(text))
+    last = blocks[-1]
+    return min(len(text), last.b + last.size + (len(committed) - last.a - last.size))
+
+
+def _tail(committed: list[int], text: list[int]) -> list[int]:
+    return text[_committed_end(committed, text) :]
 
 
 def _pieces(hypothesis: list[int], ts_begin: int, buffer_s: float) -> list[_Piece]:
