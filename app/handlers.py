@@ -26,7 +26,7 @@ from asr.audio_io import audio_duration
 from asr.decoding import DecodingOptions
 from asr.errors import AsrError
 from asr.models import DEFAULT_MODEL, LoadedModel, list_models, load_model
-from asr.results import TranscriptionResult
+from asr.results import Transcript, TranscriptionResult
 from asr.transcribe import DEFAULT_TEMPERATURES, TranscribeOptions, transcribe
 from asr.writers import write_result
 
@@ -225,7 +225,7 @@ def _prune_outputs(root: Path) -> None:
             continue
 
 
-def write_downloads(result: TranscriptionResult, name: str, root: Path | None = None) -> list[str]:
+def write_downloads(result: Transcript, name: str, root: Path | None = None) -> list[str]:
     """txt, srt, vtt and json of `result` in a folder of their own, named after the input."""
     root = root or Path(tempfile.gettempdir()) / "asr-app"
     root.mkdir(parents=True, exist_ok=True)

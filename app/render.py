@@ -413,3 +413,84 @@ def segments_html(segments: Sequence[Segment], first_temperature: float = 0.0) -
         f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin-bottom:0.2rem">Segments{key}</div>'
         f"{rows}</div>"
     )
+
+
+# --- live captions ------------------------------------------------------------------------------------------
+
+LIVE_PLACEHOLDER = (
+    f'<div class="asr-live" style="color:{MUTED_COLOUR};font-size:0.9rem">'
+    "Press <b>Record</b> and speak: committed text appears here as you talk, the tentative rest in grey. "
+    "Press <b>Stop</b> for the transcript, its downloads and figures.</div>"
+)
+
+LIVE_SPECULATION_NOTE = (
+    f'<div style="color:{MUTED_COLOUR};font-size:0.9rem">Live: every update decoded the last seconds again; '
+    "the figures above say how many tokens came from the previous update's text and how many from the "
+    "draft.</div>"
+)
+
+
+def live_html(committed: str, tentative: str, stats: dict[str, Any], heard_s: float) -> str:
+    """Live captions: the committed text, the tentative tail (may still change) visibly apart, and a line
+    of running figures (`stats`: `LiveStats.to_dict()`)."""
+    latency = stats.get("latency_mean_s")
+    status = [f"{format_time(heard_s)} heard", f"{_plural(stats.get('updates', 0), 'update')}"]
+    if stats.get("update_time_mean_s") is not None:
+        status.append(f"update {stats['update_time_mean_s']:.2f} s (max {stats['update_time_max_s']:.2f} s)")
+    status.append(
+        f"commit latency {latency:.1f} s (p95 {stats['latency_p95_s']:.1f} s)"
+        if latency is not None
+        else "commit latency: nothing committed yet"
+    )
+    if stats.get("target_passes"):
+        status.append(f"target passes {stats['target_passes']} (plain decoding {stats['plain_passes']})")
+    return (
+        f'<div class="asr-live" style="color:{TEXT_COLOUR}">'
+        f'<div style="font-size:1.1rem;line-height:1.5;min-height:3rem;border:1px solid {BORDER_COLOUR};'
+        f'border-radius:0.5rem;padding:0.5rem 0.7rem;background:{CARD_BACKGROUND}">'
+        f'<span class="asr-live-committed">{html.escape(committed)}</span>'
+        f'<span class="asr-live-tentative" title="tentative: may still change" '
+        f'style="color:{MUTED_COLOUR};font-style:italic">{html.escape(tentative)}</span></div>'
+        f'<div class="asr-live-status" style="font-size:0.8rem;color:{MUTED_COLOUR};margin-top:0.3rem">'
+        f"{html.escape(' · '.join(status))}</div></div>"
+    )
+
+
+def live_figures_html(stats: dict[str, Any], duration_s: float, language: str, what_ran: str) -> str:
+    """A finished live stream's figures as cards, like an upload's (`stats`: `LiveStats.to_dict()`)."""
+    passes, plain = stats["target_passes"], stats["plain_passes"]
+    accepted = stats["accepted_from_hypothesis"] + stats["accepted_from_draft"]
+    latency = stats["latency_mean_s"]
+    mean_update = stats["update_time_mean_s"] or 0.0
+    cards = [
+        _card(
+            "commit latency",
+            f"{latency:.1f} s" if latency is not None else "n/a",
+            f"p95 {stats['latency_p95_s']:.1f} s" if latency is not None else "nothing committed",
+        ),
+        _card(
+            "target passes vs plain",
+            f"{passes / plain:.0%}" if plain else "n/a",
+            f"{passes} of {plain} passes",
+            DRAFT_COLOUR if plain and passes < plain else TEXT_COLOUR,
+        ),
+        _card(
+            "accepted: previous text / draft",
+            f"{stats['accepted_from_hypothesis']} / {stats['accepted_from_draft']}",
+            f"{accepted} of {stats['tokens']} tokens",
+        ),
+        _card(
+            "update time",
+            f"{mean_update:.2f} s",
+            f"max {stats['update_time_max_s']:.2f} s · {stats['lagging_updates']} lagging",
+        ),
+        _card("updates", str(stats["updates"]), f"{stats['revisions']} rewrote committed text"),
+    ]
+    return (
+        f'<div class="asr-figures asr-live-figures" style="color:{TEXT_COLOUR}">'
+        f'<div style="display:flex;flex-wrap:wrap;gap:0.5rem">{"".join(cards)}</div>'
+        f'<div style="font-size:0.8rem;color:{MUTED_COLOUR};margin:0.4rem 0 0.6rem">'
+        f"{html.escape(f'{duration_s:.1f} s of audio, language {language} · {what_ran}')}<br>"
+        "every update decodes its audio exactly as the target alone would: the previous update's text and "
+        "the draft only save target passes</div></div>"
+    )

@@ -16,7 +16,7 @@ import gradio as gr
 
 from asr.decoding import MAX_BEST_OF
 
-from . import handlers, memory, render
+from . import handlers, live, memory, render
 from .handlers import AUTO_LANGUAGE, BEAM, DEFAULT_TEMPERATURE_TEXT, GREEDY, AppSettings
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"  # absent when installed without the repo
@@ -85,15 +85,36 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                audio = gr.Audio(
-                    sources=["upload", "microphone"],
-                    type="filepath",
-                    label="Audio: upload a file or record",
-                    elem_id="audio-input",
-                )
-                examples = _examples(samples_dir)
-                if examples:
-                    gr.Examples(examples, inputs=[audio], label="Examples (synthetic speech, samples/)")
+                with gr.Tabs():
+                    with gr.Tab("File or recording", elem_id="file-tab"):
+                        audio = gr.Audio(
+                            sources=["upload", "microphone"],
+                            type="filepath",
+                            label="Audio: upload a file or record",
+                            elem_id="audio-input",
+                        )
+                        examples = _examples(samples_dir)
+                        if examples:
+                            gr.Examples(
+                                examples, inputs=[audio], label="Examples (synthetic speech, samples/)"
+                            )
+                        run = gr.Button(
+                            "Transcribe", variant="primary", size="lg", elem_id="transcribe-button"
+                        )
+                    with gr.Tab("Live", elem_id="live-tab"):
+                        live_audio = gr.Audio(
+                            sources=["microphone"],
+                            type="filepath",  # app.live.read_chunk reads it (see there why)
+                            streaming=True,
+                            label="Live: record, and the text appears as you speak",
+                            elem_id="live-input",
+                        )
+                        live_view = gr.HTML(render.LIVE_PLACEHOLDER, elem_id="live-captions")
+                        gr.Markdown(
+                            "Live decodes greedily (temperature 0, no beams) with the target, model, draft, "
+                            "language and task chosen below; the previous second's text is its first draft.",
+                            elem_id="live-note",
+                        )
                 with gr.Accordion("Options", open=True):
                     with gr.Row():
                         model = gr.Dropdown(models, value=default_model, label="Target model")
@@ -156,10 +177,11 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
                         value=True,
                         label="Also run the target alone: measure the speedup and confirm identical output",
                     )
-                run = gr.Button("Transcribe", variant="primary", size="lg", elem_id="transcribe-button")
                 gr.Markdown(
                     f"Limits: {settings.max_upload_mb:g} MB per file, "
-                    f"{settings.max_duration_s / 60:g} min of audio.",
+                    f"{settings.max_duration_s / 60:g} min of audio"
+                    f" (live too); {settings.concurrency_limit} live "
+                    f"stream{'s' if settings.concurrency_limit != 1 else ''} at once.",
                     elem_id="limits",
                 )
             with gr.Column(scale=3, min_width=400):
@@ -201,6 +223,33 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
             api_name="transcribe",
             show_progress_on=[transcript],  # one progress bar (and one error badge), not one per output
             concurrency_limit=settings.concurrency_limit,
+        )
+        # Live: one stream per tab in its State (deleted, and its slot given back, when the tab closes)
+        slots = live.LiveSlots(settings.concurrency_limit)
+        session = gr.State(None, time_to_live=live.SESSION_TTL_S, delete_callback=live.release_session)
+        live_audio.start_recording(
+            live.live_reset,
+            inputs=[session],
+            outputs=[session, live_view],
+            api_visibility="private",
+            queue=False,
+        )
+        live_audio.stream(
+            functools.partial(live.live_chunk, settings=settings, slots=slots),
+            inputs=[live_audio, session, model, draft, language, task],
+            outputs=[session, live_view],
+            stream_every=live.STREAM_EVERY_S,
+            time_limit=int(settings.max_duration_s) + 5,
+            concurrency_limit=settings.concurrency_limit,
+            api_visibility="private",
+            show_progress="hidden",
+        )
+        live_audio.stop_recording(
+            memory.releasing_memory(live.live_stop),
+            inputs=[session],
+            outputs=[session, live_view, transcript, figures, segments, speculation, plot, files],
+            api_visibility="private",
+            show_progress_on=[transcript],
         )
     demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=settings.max_queue)
     return demo

@@ -160,6 +160,7 @@ class Commit:
     start: float
     end: float
     committed_at: float
+    closes_segment: bool = False  # its last token ends a segment the target closed with a timestamp
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "commit", **asdict(self)}
@@ -210,6 +211,26 @@ class LiveStats:
             "accepted_from_draft": sum(u.accepted_from_draft for u in updates),
             "revisions": self.revisions,
             "forced_trims": self.forced_trims,
+        }
+
+
+@dataclass
+class LiveResult:
+    """A finished stream as the writers take it (txt, srt, vtt, json), like a `TranscriptionResult`."""
+
+    text: str
+    language: str
+    segments: list[Segment]
+    duration_s: float
+    stats: LiveStats
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "language": self.language,
+            "duration_s": self.duration_s,
+            "segments": [asdict(s) for s in self.segments],
+            "stats": self.stats.to_dict(),
         }
 
 
@@ -301,11 +322,33 @@ class LiveStream:
         return self.stats.updates[-1].tentative if self.stats.updates else ""
 
     def segments(self) -> list[Segment]:
-        """The committed text as segments (one per commit)."""
-        return [
-            Segment(id=i, start=c.start, end=c.end, text=c.text, tokens=c.tokens)
-            for i, c in enumerate(self.commits)
-        ]
+        """The committed text as segments: the commits joined up to each segment end the target closed."""
+        segments: list[Segment] = []
+        group: list[Commit] = []
+        for i, commit in enumerate(self.commits):
+            group.append(commit)
+            if commit.closes_segment or i == len(self.commits) - 1:
+                segments.append(
+                    Segment(
+                        id=len(segments),
+                        start=group[0].start,
+                        end=group[-1].end,
+                        text="".join(c.text for c in group),
+                        tokens=[t for c in group for t in c.tokens],
+                    )
+                )
+                group = []
+        return segments
+
+    def result(self) -> LiveResult:
+        """The committed transcript, its segments and the figures (after `finish()`, the whole stream)."""
+        return LiveResult(
+            text=self.text,
+            language=self.language or "",
+            segments=self.segments(),
+            duration_s=round(self.received_s, 3),
+            stats=self.stats,
+        )
 
     # -- one update --------------------------------------------------------------------------------------
 
@@ -418,6 +461,7 @@ class LiveStream:
             start=round(offset + start, 3),
             end=round(offset + max(end, start), 3),
             committed_at=round(at, 3),
+            closes_segment=any(p.stop == stop and p.end is not None for p in pieces),
         )
 
     def _trim(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .figures import RunStats
@@ -48,3 +48,14 @@ class TranscriptionResult:
             "segments": [asdict(s) for s in self.segments],
             "stats": self.stats.to_dict(),
         }
+
+
+class Transcript(Protocol):
+    """What the writers take: a `TranscriptionResult`, or a finished live stream's `asr.live.LiveResult`."""
+
+    text: str
+    language: str
+    segments: list[Segment]
+    duration_s: float
+
+    def to_dict(self) -> dict[str, Any]: ...

@@ -1,4 +1,4 @@
-"""Output formats for a `TranscriptionResult`: txt, srt, vtt, json, tsv.
+"""Output formats for a transcript (a `TranscriptionResult`, or a live stream's): txt, srt, vtt, json, tsv.
 
 The `format_*` functions are pure (result -> str). `write_result` writes each requested format with
 `write_atomic`, so a reader never sees a half-written file, and writes the JSON last: when the JSON of a stem
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from asr.errors import InvalidOptionError
-from asr.results import Segment, TranscriptionResult
+from asr.results import Segment, Transcript
 
 FORMATS: tuple[str, ...] = ("txt", "srt", "vtt", "json", "tsv")
 
@@ -67,7 +67,7 @@ def _cue_text(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _cues(result: TranscriptionResult) -> list[tuple[Segment, str]]:
+def _cues(result: Transcript) -> list[tuple[Segment, str]]:
     # Segments without text would make empty cues, which some players reject: skipped (json keeps them).
     return [(seg, text) for seg in result.segments if (text := _cue_text(seg.text))]
 
@@ -77,7 +77,7 @@ def _end_ms(seg: Segment) -> int:
     return max(_milliseconds(seg.start), _milliseconds(seg.end))
 
 
-def format_txt(result: TranscriptionResult) -> str:
+def format_txt(result: Transcript) -> str:
     """The text, one stripped segment per line; `result.text` when there are no segments."""
     if result.segments:
         lines = [text for seg in result.segments if (text := seg.text.strip())]
@@ -86,7 +86,7 @@ def format_txt(result: TranscriptionResult) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def format_srt(result: TranscriptionResult) -> str:
+def format_srt(result: Transcript) -> str:
     """SubRip: 1-based cue numbers, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, a blank line after each cue."""
     blocks = []
     for index, (seg, text) in enumerate(_cues(result), start=1):
@@ -101,7 +101,7 @@ def _escape_vtt(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def format_vtt(result: TranscriptionResult) -> str:
+def format_vtt(result: Transcript) -> str:
     """WebVTT: the `WEBVTT` header, then `HH:MM:SS.mmm --> HH:MM:SS.mmm` cues; `&`, `<`, `>` are escaped."""
     blocks = ["WEBVTT\n"]
     for seg, text in _cues(result):
@@ -111,7 +111,7 @@ def format_vtt(result: TranscriptionResult) -> str:
     return "\n".join(blocks)
 
 
-def format_tsv(result: TranscriptionResult) -> str:
+def format_tsv(result: Transcript) -> str:
     """`start<TAB>end<TAB>text` with times in integer milliseconds, one row per segment that has text."""
     rows = ["start\tend\ttext\n"]
     for seg in result.segments:
@@ -138,12 +138,12 @@ def _jsonable(value: Any) -> Any:
     return value  # json.dumps raises TypeError for anything else: a bug to fix where the value is made
 
 
-def format_json(result: TranscriptionResult) -> str:
+def format_json(result: Transcript) -> str:
     """`result.to_dict()` as indented UTF-8 JSON; NaN and infinities are written as null."""
     return json.dumps(_jsonable(result.to_dict()), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
 
 
-_FORMATTERS: dict[str, Callable[[TranscriptionResult], str]] = {
+_FORMATTERS: dict[str, Callable[[Transcript], str]] = {
     "txt": format_txt,
     "srt": format_srt,
     "vtt": format_vtt,
@@ -309,7 +309,7 @@ def write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def write_result(result: TranscriptionResult, stem: Path, formats: Iterable[str] | str) -> list[Path]:
+def write_result(result: Transcript, stem: Path, formats: Iterable[str] | str) -> list[Path]:
     """Write `result` as `stem.<fmt>` for each format, each atomically; return the paths in the order written.
 
     Completeness marker: the JSON is written last, and an existing JSON at this stem is removed before
