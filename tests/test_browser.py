@@ -201,3 +201,42 @@ def test_record_from_the_microphone_and_transcribe(app_url, browser):
     assert outside == [], f"the page tried to reach outside the app: {outside}"
     assert page_errors == [], page_errors
     page.context.close()
+
+
+@pytest.mark.slow
+def test_live_captions_appear_while_the_microphone_plays(app_url, browser):
+    """Live tab: the fake microphone plays jfk.wav; committed phrases appear while it plays (the recorder
+    still running), and Stop gives the transcript, the live figures and the downloads."""
+    outside: list[str] = []
+    page_errors: list[str] = []
+    page = open_app(browser, app_url, outside, page_errors)
+    page.get_by_role("tab", name="Live").click()
+    recorder = page.locator("#live-input")
+    recorder.get_by_role("button", name="Record", exact=True).click()
+    committed = page.locator("#live-captions .asr-live-committed")
+    # the first update loads the model; on 2 shared cores an update takes up to a few seconds
+    page.wait_for_function(
+        "() => { const c = document.querySelector('#live-captions .asr-live-committed');"
+        " return c && c.textContent.toLowerCase().includes('what your country'); }",
+        timeout=TRANSCRIBE_TIMEOUT_MS,
+    )
+    stop = recorder.get_by_role("button", name="Stop", exact=True)
+    assert stop.is_visible()  # still recording: the phrase came while the clip played
+    while_playing = normalize(committed.inner_text())
+    status = page.locator("#live-captions .asr-live-status").inner_text()
+    assert "heard" in status and "commit latency" in status and "target passes" in status, status
+    stop.click()
+    transcript = normalize(wait_for_transcript(page))
+    assert transcript.startswith(while_playing), (while_playing, transcript)  # never taken back
+    assert "what your country can do for you" in transcript, transcript
+    figures = page.locator("#figures").inner_text()
+    for label in ("commit latency", "target passes vs plain", "accepted: previous text / draft"):
+        assert label in figures, figures
+    downloads = "".join(page.locator("#downloads").inner_text().split())
+    for name in ("live.txt", "live.srt", "live.vtt", "live.json"):
+        assert name in downloads, downloads
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app-live.png"), full_page=True)
+    assert outside == [], f"the page tried to reach outside the app: {outside}"
+    assert page_errors == [], page_errors
+    page.context.close()
