@@ -139,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         "real-time clock",
     )
     live.add_argument("--json", action="store_true", help="one JSON object per line: commits, then final")
+    live.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="also write the final transcript here, named after the file",
+    )
+    live.add_argument(
+        "--format", default="all", help=f"output formats: {', '.join(FORMATS)}, a comma list, or all"
+    )
     live.add_argument("--max-duration", type=float, default=None, help="refuse audio longer than this (s)")
     live.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
 
@@ -297,7 +306,11 @@ def _stream(args: argparse.Namespace) -> int:
     from .decoding import DecodingOptions
     from .errors import InvalidOptionError
     from .live import LiveOptions, LiveStream, replay, replay_clock
+    from .writers import resolve_formats, safe_output_stem, write_result
 
+    formats = resolve_formats(args.format)
+    if args.output_dir is not None:
+        _check_output_dir(args.output_dir)
     _set_threads(args.threads)
     if not args.speed >= 0 or math.isinf(args.speed):
         raise InvalidOptionError(f"--speed must be >= 0 (0: as fast as possible), got {args.speed}")
@@ -326,6 +339,10 @@ def _stream(args: argparse.Namespace) -> int:
         print(json.dumps(final, ensure_ascii=False), flush=True)
     else:
         print(flush=True)
+    if args.output_dir is not None:
+        stem = safe_output_stem(args.output_dir, Path(args.path.stem + ".x"))
+        for path in write_result(stream.result(), stem, formats):
+            _err(f"wrote {path}")
     _err(
         f"{args.path}: {len(samples) / 16000:.1f} s of audio, {stats['updates']} updates "
         f"(mean {stats['update_time_mean_s'] or 0:.2f} s, max {stats['update_time_max_s']:.2f} s, "

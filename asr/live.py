@@ -43,6 +43,8 @@ from .transcribe import SILENCE_PEAK, TranscribeOptions, _is_silence
 
 MAX_BUFFER_S = N_SAMPLES / SAMPLE_RATE  # one window
 REWRITE_SLACK = 4  # a hypothesis may rewrite committed text this many tokens longer or shorter
+# Written without spaces between words (openai-whisper's timing.py splits these by characters, not spaces)
+UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 LOOKUP_NGRAM = 2  # after a mismatch, the hypothesis is found again by the last this many tokens
 
 
@@ -373,6 +375,10 @@ class LiveStream:
             tail, previous_tail = text[done:], previous_text[previous_done:]
             while agreed < min(len(tail), len(previous_tail)) and tail[agreed] == previous_tail[agreed]:
                 agreed += 1
+            if self.language not in UNSPACED_LANGUAGES:
+                # whole words only: the next update may finish a word the agreed part ends inside otherwise
+                while 0 < agreed < len(tail) and _continues_word(tokenizer.decode([tail[agreed]])):
+                    agreed -= 1
         pieces = _pieces(hypothesis, ts_begin, self._buffer.shape[0] / SAMPLE_RATE)
         commits: list[Commit] = []
         committed_at = self._now(time.perf_counter() - started)
@@ -534,6 +540,11 @@ def _committed_end(committed: list[int], text: list[int]) -> int:
         return min(len(committed), len(text))
     last = blocks[-1]
     return min(len(text), last.b + last.size + (len(committed) - last.a - last.size))
+
+
+def _continues_word(piece: str) -> bool:
+    """A token's text that goes on the word before it (no space first, a letter or digit)."""
+    return bool(piece) and piece[0].isalnum()
 
 
 def _tail(committed: list[int], text: list[int]) -> list[int]:

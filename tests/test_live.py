@@ -106,6 +106,8 @@ def _check_commits(stream, commits, duration_s):
     for c in commits:
         assert 0 <= c.start <= c.end <= duration_s + 0.05 and c.committed_at >= c.end - 1e-6, c
     assert all(u.buffer_s <= 30.0 for u in stream.stats.updates)
+    # English: a commit never ends inside a word (the next one would go on with its letters)
+    assert not [n.text for n in commits[1:] if n.text[:1].isalnum()]
 
 
 @pytest.mark.slow
@@ -148,9 +150,20 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.slow
-def test_stream_cli_json(capsys):
+def test_stream_cli_json(capsys, tmp_path):
     code, out, err = run_cli(
-        capsys, "stream", SAMPLES / "weather.wav", "--model", "tiny.en", "--speed", "0", "--json"
+        capsys,
+        "stream",
+        SAMPLES / "weather.wav",
+        "--model",
+        "tiny.en",
+        "--speed",
+        "0",
+        "--json",
+        "--output-dir",
+        tmp_path,
+        "--format",
+        "srt,json",
     )
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
@@ -169,6 +182,15 @@ def test_stream_cli_json(capsys):
         assert key in final["stats"]
     assert "accepted_from_hypothesis" in final["stats"] and "accepted_from_draft" in final["stats"]
     assert "commit latency" in err
+    # the final transcript written as the files: commits joined into the target's own segments
+    commits = lines[:-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weather.json", "weather.srt"]
+    written = json.loads((tmp_path / "weather.json").read_text())
+    assert written["text"] == final["text"] and written["stats"] == final["stats"]
+    assert "".join(seg["text"] for seg in written["segments"]) == "".join(c["text"] for c in commits)
+    assert 1 <= len(written["segments"]) <= len(commits)
+    assert [seg["text"] for seg in written["segments"]] == [seg["text"] for seg in final["segments"]]
+    assert (tmp_path / "weather.srt").read_text().count(" --> ") == len(written["segments"])
 
 
 def test_stream_cli_bad_input(capsys, tmp_path):
@@ -178,3 +200,11 @@ def test_stream_cli_bad_input(capsys, tmp_path):
     assert code == 2 and "--speed" in err
     code, _, err = run_cli(capsys, "stream", SAMPLES / "hello.wav", "--update-s", "0")
     assert code == 2 and "update" in err
+
+
+def test_commits_end_at_word_boundaries_where_words_are_spaced():
+    from asr.live import UNSPACED_LANGUAGES, _continues_word
+
+    assert _continues_word("ers") and _continues_word("2")  # "speak|ers", "20|2"
+    assert not _continues_word(" but") and not _continues_word(",") and not _continues_word("")
+    assert {"ja", "zh"} <= UNSPACED_LANGUAGES and "en" not in UNSPACED_LANGUAGES
