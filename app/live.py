@@ -106,10 +106,10 @@ class LiveSession:
 
     def put(self, audio: np.ndarray) -> None:
         """Queue a chunk (mono float32 at the browser's rate) for the worker."""
-        samples = self.resampler.resample_chunk(audio) if self.resampler is not None else audio
         with self._ready:
             if self._closing:
-                return  # after Stop: a chunk still on its way
+                return  # after Stop: a chunk still on its way (the resampler has had its last input)
+            samples = self.resampler.resample_chunk(audio) if self.resampler is not None else audio
             if self.t0 is None:
                 self.t0, self.t0_audio_s = time.perf_counter(), samples.shape[0] / SAMPLE_RATE
             self.queued_s += samples.shape[0] / SAMPLE_RATE

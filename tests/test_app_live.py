@@ -216,3 +216,13 @@ def test_worker_threads_end_with_their_sessions(tmp_path, random_tiny):
     for s in sessions:
         s._worker.join(timeout=10)
     assert threading.active_count() == before
+
+
+def test_a_chunk_after_stop_is_dropped_quietly(tmp_path, random_tiny, caplog):
+    """The browser may send one more chunk after Stop (Gradio's recorder): it is ignored, no error."""
+    settings, slots = AppSettings(), live.LiveSlots(1)
+    paths = browser_chunks(np.zeros(8000, np.float32), tmp_path)
+    session, _ = feed_all(paths[:-1], settings, slots)
+    live.live_stop(session)
+    after, _ = feed_all(paths[-1:], settings, slots, session)
+    assert after is session and session.queued_s < 0.5 and "live stream failed" not in caplog.text
