@@ -203,13 +203,18 @@ def parse_temperatures(text: str | None) -> tuple[float, ...]:
 
 
 def transcribe_options(
-    temperature: str | None, initial_prompt: str | None, compare: bool, settings: AppSettings
+    temperature: str | None,
+    initial_prompt: str | None,
+    compare: bool,
+    settings: AppSettings,
+    word_timestamps: bool = False,
 ) -> TranscribeOptions:
     """The page's long-form choices (raises InvalidOptionError for a temperature out of range)."""
     return TranscribeOptions(
         temperature=parse_temperatures(temperature),
         initial_prompt=(initial_prompt or "").strip() or None,
         compare=bool(compare),
+        word_timestamps=bool(word_timestamps),
         max_duration_s=settings.max_duration_s,
     )
 
@@ -271,6 +276,7 @@ def transcribe_audio(
     best_of: float = 5,
     initial_prompt: str = "",
     seed: float = 0,
+    word_timestamps: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
     *,
     settings: AppSettings | None = None,
@@ -281,7 +287,7 @@ def transcribe_audio(
     name = _display_name(path)
     try:
         options = decoding_options(draft, decoding, beam_size, language, task, timestamps, best_of, seed)
-        long_form = transcribe_options(temperature, initial_prompt, compare, settings)
+        long_form = transcribe_options(temperature, initial_prompt, compare, settings, word_timestamps)
         duration_s = audio_duration(path)  # from the header: a long file is refused before any decoding
         if duration_s > settings.max_duration_s:
             raise _fail(
@@ -294,7 +300,8 @@ def transcribe_audio(
         result = transcribe(model, path, options, long_form)
         if not result.text.strip():
             raise _fail(f"{name}: no speech found (the recording is silent or too quiet).")
-        return render_outputs(result, model, name, bool(timestamps), long_form.temperature[0])
+        shown = bool(timestamps) or bool(word_timestamps)  # word timings are shown among the segments
+        return render_outputs(result, model, name, shown, long_form.temperature[0])
     except gr.Error:
         raise
     except AsrError as exc:

@@ -387,6 +387,20 @@ def _sampled_badge(segment: Segment, first_temperature: float) -> str:
     )
 
 
+def _segment_text(segment: Segment) -> str:
+    """The segment's text; with word timings, each word a span whose tooltip gives its time."""
+    if not segment.words:
+        return html.escape(segment.text.strip())
+    spans = []
+    for w in segment.words:
+        tip = f"{format_time(w.start)} → {format_time(w.end)} · p {w.probability:.2f}"
+        spans.append(
+            f'<span class="asr-word" title="{tip}" data-start="{w.start:.2f}" data-end="{w.end:.2f}" '
+            f'style="cursor:help">{html.escape(w.word)}</span>'
+        )
+    return "".join(spans).strip()
+
+
 def segments_html(segments: Sequence[Segment], first_temperature: float = 0.0) -> str:
     """Segment times and text, one row each, in a box that scrolls past a dozen rows. A segment decoded
     above temperature 0 (sampled: Whisper's fallback) carries a badge with its temperature."""
@@ -395,7 +409,7 @@ def segments_html(segments: Sequence[Segment], first_temperature: float = 0.0) -
         f'<span style="flex:0 0 auto;color:{MUTED_COLOUR};font-variant-numeric:tabular-nums">'
         f"{format_time(s.start)} → {format_time(s.end)}</span>"
         + (_sampled_badge(s, first_temperature) if s.temperature > 0 else "")
-        + f"<span>{html.escape(s.text.strip())}</span></div>"
+        + f"<span>{_segment_text(s)}</span></div>"
         for s in segments
     )
     if not rows:

@@ -172,7 +172,13 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
                             allow_custom_value=True,
                         )
                         task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task")
-                    timestamps = gr.Checkbox(value=True, label="Timestamps (segment times)")
+                    with gr.Row():
+                        timestamps = gr.Checkbox(value=True, label="Timestamps (segment times)")
+                        word_timestamps = gr.Checkbox(
+                            value=False,
+                            label="Word timings (hover a word for its time)",
+                            elem_id="word-timestamps",
+                        )
                     compare = gr.Checkbox(
                         value=True,
                         label="Also run the target alone: measure the speedup and confirm identical output",
@@ -218,6 +224,7 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
                 best_of,
                 initial_prompt,
                 seed,
+                word_timestamps,
             ],
             outputs=[transcript, figures, speculation, plot, segments, files],
             api_name="transcribe",

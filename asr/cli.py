@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="redo files whose outputs already exist")
     tr.add_argument("--no-timestamps", action="store_true", help="decode without timestamp tokens")
     tr.add_argument(
+        "--word-timestamps",
+        action="store_true",
+        help="each word's start, end and probability (JSON segments[].words), from the cross-attention",
+    )
+    tr.add_argument(
         "--condition-on-previous-text",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -397,6 +402,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         initial_prompt=args.initial_prompt,
         compare=args.compare,
         condition_on_previous_text=args.condition_on_previous_text,
+        word_timestamps=args.word_timestamps,
         max_duration_s=args.max_duration if args.max_duration is not None else DEFAULT_MAX_DURATION_S,
     )
     jobs, problems = _plan(args.paths, args.output_dir)

@@ -32,6 +32,7 @@ class StageTimes:
     draft: float = 0.0
     target: float = 0.0
     decode: float = 0.0
+    words: float = 0.0  # word timings: one teacher-forced pass and the alignment per window
     total: float = 0.0
 
 

@@ -52,6 +52,8 @@ class LoadedModel:
     suppress_tokens_begin: tuple[int, ...]
     # the source weights' sha256 where known (bundled models): what files derived from them are keyed by
     weights_sha256: str | None = None
+    # the cross-attention heads that follow the speech, (layer, head), from the checkpoint (word timings)
+    alignment_heads: tuple[tuple[int, int], ...] | None = None
 
     @property
     def dims(self) -> ModelDims:
@@ -160,6 +162,9 @@ def _load_hf(name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel
     generation = getattr(hf, "generation_config", None)
     suppress = tuple(getattr(generation, "suppress_tokens", None) or ())
     begin = tuple(getattr(generation, "begin_suppress_tokens", None) or ())
+    heads = tuple(
+        (int(layer), int(head)) for layer, head in getattr(generation, "alignment_heads", None) or ()
+    )
     n_vocab = hf.config.vocab_size
     del hf
     tokenizer_path = Path(directory) / "tokenizer.json"
@@ -171,6 +176,7 @@ def _load_hf(name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel
         tokenizer=Tokenizer(tokenizer_path, multilingual=n_vocab >= 51865),
         suppress_tokens=suppress,
         suppress_tokens_begin=begin,
+        alignment_heads=heads or None,
     )
 
 

@@ -10,6 +10,17 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class Word:
+    """One word (with the space before it, as the tokens have it), its times in seconds on the audio's
+    timeline, and the mean probability of its tokens (asr/timing.py)."""
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass
 class Segment:
     """One transcribed span. Times in seconds from the start of the audio; `tokens` are text tokens only."""
 
@@ -25,6 +36,7 @@ class Segment:
     drafted: list[bool] = field(default_factory=list)
     temperature: float = 0.0  # the temperature the window was decoded at (above 0: after a fallback)
     compression_ratio: float = 0.0  # of the window's text (zlib): above 2.4, likely a repetition loop
+    words: list[Word] | None = None  # with word timestamps (TranscribeOptions.word_timestamps)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from .figures import RunStats, finish, pass_costs, single_pass_time
 from .model import CrossKV
 from .models import LoadedModel
 from .results import Segment, TranscriptionResult
+from .timing import add_word_timestamps
 
 logger = logging.getLogger("asr")
 
@@ -77,6 +78,7 @@ class TranscribeOptions:
     logprob_threshold: float | None = -1.0  # ...unless its average log-probability is above this
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
     compare: bool = False  # also run the plain target on the same input: measured speedup, identity check
+    word_timestamps: bool = False  # each segment's words with their times (asr/timing.py)
 
     def __post_init__(self) -> None:
         if self.max_duration_s is not None and not self.max_duration_s > 0:
@@ -338,6 +340,12 @@ def _segments(
             features, cross = first_window
         else:
             features = _encode(model, mel_window, stats)
+        if cross is None and transcribe_options.word_timestamps:
+            # made here, not in the decoding, so that the word timings' pass reuses it
+            start = time.perf_counter()
+            with torch.inference_mode():
+                cross = model.model.decoder.project_audio(features)
+            stats.time_s.cross_kv += time.perf_counter() - start
         window = _Window(features, mel_window, cross, seek, all_tokens[prompt_reset_since:])
         result = _decode_with_fallback(model, options, transcribe_options, window, drafter_for, stats)
         info.window_tokens.append(result.tokens)
@@ -350,6 +358,7 @@ def _segments(
         window_end = time_offset + segment_duration
         drafted = result.loop.drafted  # aligned with result.tokens
         offset = 0  # pieces are consecutive slices of the window's tokens
+        window_segments: list[Segment] = []
         for piece_tokens, start_rel, end_rel in pieces:
             piece_drafted = drafted[offset : offset + len(piece_tokens)]
             offset += len(piece_tokens)
@@ -359,19 +368,35 @@ def _segments(
                 continue
             start = time_offset + start_rel
             end = time_offset + (end_rel if end_rel is not None else segment_duration)
-            yield Segment(
-                id=next_id,
-                start=round(min(start, window_end), 3),
-                end=round(min(max(end, start), window_end), 3),
-                text=text,
-                tokens=piece_tokens,
-                avg_logprob=result.avg_logprob,
-                no_speech_prob=result.no_speech_prob,
-                drafted=piece_drafted,
-                temperature=result.temperature,
-                compression_ratio=result.compression_ratio,
+            window_segments.append(
+                Segment(
+                    id=next_id,
+                    start=round(min(start, window_end), 3),
+                    end=round(min(max(end, start), window_end), 3),
+                    text=text,
+                    tokens=piece_tokens,
+                    avg_logprob=result.avg_logprob,
+                    no_speech_prob=result.no_speech_prob,
+                    drafted=piece_drafted,
+                    temperature=result.temperature,
+                    compression_ratio=result.compression_ratio,
+                )
             )
             next_id += 1
+        if transcribe_options.word_timestamps and window_segments:
+            started = time.perf_counter()
+            add_word_timestamps(
+                model,
+                features,
+                window_segments,
+                segment_size,
+                time_offset,
+                options.language,
+                options.task,
+                cross,
+            )
+            stats.time_s.words += time.perf_counter() - started
+        yield from window_segments
         if (
             not transcribe_options.condition_on_previous_text
             or result.temperature > transcribe_options.prompt_reset_on_temperature

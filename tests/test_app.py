@@ -528,6 +528,15 @@ def test_the_page_options_reach_the_transcriber(on_tiny_model):
     assert long_form.initial_prompt is None and options.best_of == 5 and options.seed == 0
 
 
+def test_word_timings_reach_the_page_as_words_with_their_times(on_tiny_model):
+    clip, calls = on_tiny_model
+    outputs = transcribe_audio(str(clip), compare=False, timestamps=False, word_timestamps=True)
+    assert calls[-1][1].word_timestamps is True
+    assert outputs.segments.count('class="asr-word"') >= 1 and "→" in outputs.segments
+    outputs = transcribe_audio(str(clip), compare=False)
+    assert calls[-1][1].word_timestamps is False and "asr-word" not in outputs.segments
+
+
 def test_temperature_zero_is_the_output_of_before_and_the_schedule_marks_its_fallbacks(
     on_tiny_model, tiny_model
 ):
