@@ -721,7 +721,7 @@ def test_api_refuses_a_remote_url_as_input_before_fetching_it(monkeypatch):
         "url": "https://example.com/a.wav",
         "meta": {"_type": "gradio.FileData"},
     }
-    inputs = [remote, "base", "self", GREEDY, 5, "auto", "transcribe", True, False, "0", 5, "", 0]
+    inputs = [remote, "base", "self", GREEDY, 5, "auto", "transcribe", True, False, "0", 5, "", 0, False]
     with running_app(AppSettings()) as url:
         base = url.rstrip("/")
         response = httpx.post(f"{base}/gradio_api/call/transcribe", json={"data": inputs}, timeout=30)
