@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="each word's start, end and probability (JSON segments[].words), from the cross-attention",
     )
+    vad = tr.add_argument_group("voice activity (decode only the speech Silero VAD finds)")
+    vad.add_argument("--vad", action="store_true", help="skip what is not speech; times stay the input's")
+    vad.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability threshold (0.5)")
+    vad.add_argument(
+        "--vad-min-silence-ms", type=int, default=2000, help="pauses shorter than this do not split (2000)"
+    )
+    vad.add_argument(
+        "--vad-speech-pad-ms", type=int, default=400, help="kept around each speech region (400)"
+    )
     subtitles = tr.add_argument_group("subtitles from word timings (srt, vtt; with --word-timestamps)")
     subtitles.add_argument("--max-line-width", type=int, default=None, help="characters in a line")
     subtitles.add_argument("--max-line-count", type=int, default=None, help="lines in a cue")
@@ -383,6 +392,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .decoding import DecodingOptions
     from .errors import InvalidOptionError
     from .transcribe import TranscribeOptions
+    from .vad import VadOptions
     from .writers import SubtitleOptions, resolve_formats
 
     formats = resolve_formats(args.format)
@@ -421,6 +431,9 @@ def _transcribe(args: argparse.Namespace) -> int:
         compare=args.compare,
         condition_on_previous_text=args.condition_on_previous_text,
         word_timestamps=args.word_timestamps,
+        vad=VadOptions(args.vad_threshold, args.vad_min_silence_ms, args.vad_speech_pad_ms)
+        if args.vad
+        else None,
         max_duration_s=args.max_duration if args.max_duration is not None else DEFAULT_MAX_DURATION_S,
     )
     jobs, problems = _plan(args.paths, args.output_dir)

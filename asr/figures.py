@@ -33,6 +33,7 @@ class StageTimes:
     target: float = 0.0
     decode: float = 0.0
     words: float = 0.0  # word timings: one teacher-forced pass and the alignment per window
+    vad: float = 0.0  # finding the speech (with a VAD)
     total: float = 0.0
 
 
@@ -73,6 +74,7 @@ class RunStats:
     dtype: str
     n_windows: int = 0
     n_silent_windows: int = 0
+    audio_skipped_s: float = 0.0  # input the VAD found no speech in, not decoded
     n_tokens: int = 0
     proposed: int = 0
     accepted: int = 0

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, TIME_PRECISION, LogMelWindows
-from .audio_io import DEFAULT_MAX_DURATION_S, AudioSource, stream_audio
+from .audio_io import DEFAULT_MAX_DURATION_S, AudioSource, load_audio, stream_audio
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, check_options, detect_language
 from .draft_factory import make_drafter
 from .drafting import Drafter, NoDraft
@@ -32,6 +32,7 @@ from .model import CrossKV
 from .models import LoadedModel
 from .results import Segment, TranscriptionResult
 from .timing import add_word_timestamps
+from .vad import Timeline, VadOptions, speech_regions
 
 logger = logging.getLogger("asr")
 
@@ -79,6 +80,7 @@ class TranscribeOptions:
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
     compare: bool = False  # also run the plain target on the same input: measured speedup, identity check
     word_timestamps: bool = False  # each segment's words with their times (asr/timing.py)
+    vad: VadOptions | None = None  # decode only the speech a voice-activity detector finds (asr/vad.py)
 
     def __post_init__(self) -> None:
         if self.max_duration_s is not None and not self.max_duration_s > 0:
@@ -158,7 +160,13 @@ class Transcriber:
         language given: one encoder pass); with `compare`, the plain target first transcribes the whole
         input. The windows are decoded as the iterator is advanced."""
         t_start = time.perf_counter()
-        mel = _log_mel(self.model, audio, self.transcribe_options.max_duration_s)
+        timeline = None
+        if self.transcribe_options.vad is not None:
+            mel, timeline, vad_s = _log_mel_of_speech(
+                self.model, audio, self.transcribe_options.max_duration_s, self.transcribe_options.vad
+            )
+        else:
+            mel, vad_s = _log_mel(self.model, audio, self.transcribe_options.max_duration_s), 0.0
         load_s = time.perf_counter() - t_start  # decoding and the log-mel, interleaved
         reference = None
         if self.transcribe_options.compare and not isinstance(self.drafter, NoDraft):
@@ -167,10 +175,12 @@ class Transcriber:
             # run speculation is measured against.
             single_pass_time(self.model, n_rows=self.options.beam_size or 1)
             no_draft = NoDraft()
-            plain_segments, reference = self._stream_mel(mel, 0.0, 0.0, lambda options: no_draft, None)
+            plain_segments, reference = self._stream_mel(
+                mel, 0.0, 0.0, lambda options: no_draft, None, timeline, 0.0
+            )
             for _ in plain_segments:
                 pass
-        return self._stream_mel(mel, load_s, mel.time_s, self.drafter_for, reference)
+        return self._stream_mel(mel, load_s, mel.time_s, self.drafter_for, reference, timeline, vad_s)
 
     def _stream_mel(
         self,
@@ -179,9 +189,12 @@ class Transcriber:
         mel_s: float,
         drafter_for: Callable[[DecodingOptions], Drafter],
         reference: TranscriptionInfo | None,
+        timeline: Timeline | None = None,
+        vad_s: float = 0.0,
     ) -> tuple[Iterator[Segment], TranscriptionInfo]:
-        """load_s: the time taken to read the audio and make its log-mel, of which mel_s the log-mel;
-        drafter_for: the drafter for a decode with such options."""
+        """load_s: the time taken to read the audio and make its log-mel, of which mel_s the log-mel and
+        vad_s finding the speech; drafter_for: the drafter for a decode with such options; timeline: where
+        the speech the log-mel holds lies in the input (with a VAD)."""
         model, options = self.model, self.options
         drafter = drafter_for(options)
         t_start = time.perf_counter() - load_s  # this run's clock: the one audio load, then its own work
@@ -194,8 +207,11 @@ class Transcriber:
             device=str(model.device),
             dtype=str(model.dtype).removeprefix("torch."),
         )
-        stats.time_s.load_audio = load_s - mel_s
+        stats.time_s.load_audio = load_s - mel_s - vad_s
         stats.time_s.mel = mel_s
+        stats.time_s.vad = vad_s
+        if timeline is not None:
+            stats.audio_skipped_s = round(timeline.skipped_s, 3)
         # the first window's encoding and cross-attention projection, if language detection made them
         first_window = None
         language, language_probability = options.language, 1.0
@@ -211,13 +227,14 @@ class Transcriber:
                 language_probability = probs[language]
             else:
                 language = "en"
-        info = TranscriptionInfo(
-            language, language_probability, mel.n_samples / SAMPLE_RATE, stats, sampling=options.sampling
-        )
+        duration_s = timeline.duration_s if timeline is not None else mel.n_samples / SAMPLE_RATE
+        info = TranscriptionInfo(language, language_probability, duration_s, stats, sampling=options.sampling)
         window_options = replace(options, language=language)
         segments = _segments(
             model, mel, window_options, self.transcribe_options, info, first_window, drafter_for
         )
+        if timeline is not None:
+            segments = map(timeline.segment, segments)
         return _finished(segments, model, info, t_start, reference), info
 
 
@@ -299,6 +316,20 @@ def _log_mel(model: LoadedModel, audio: AudioSource, max_duration_s: float | Non
     for block in stream_audio(audio, max_duration_s=max_duration_s):
         mel.add(block)
     return mel.finish()
+
+
+def _log_mel_of_speech(
+    model: LoadedModel, audio: AudioSource, max_duration_s: float | None, vad: VadOptions
+) -> tuple[LogMelWindows, Timeline, float]:
+    """The log-mel of the input's speech only (its regions end to end), where it lies, and the VAD's time.
+    The VAD reads the whole input, so its samples are held in memory (230 MB an hour)."""
+    samples = load_audio(audio, max_duration_s=max_duration_s)
+    started = time.perf_counter()
+    timeline = Timeline(speech_regions(samples, vad), samples.shape[0], vad.speech_pad_ms / 1000)
+    vad_s = time.perf_counter() - started
+    mel = LogMelWindows(model.dims.n_mels, padding=N_SAMPLES, device=model.device)
+    mel.add(timeline.join(samples))
+    return mel.finish(), timeline, vad_s
 
 
 def _encode(model: LoadedModel, mel_window: torch.Tensor, stats: RunStats) -> torch.Tensor:
