@@ -39,24 +39,30 @@ class VadOptions:
 
 
 @cache
-def _model() -> Any:
+def _silero() -> tuple[Any, Any]:
+    """Silero VAD's model and its `get_speech_timestamps`."""
+    threads = torch.get_num_threads()
     try:
-        from silero_vad import load_silero_vad
+        from silero_vad import get_speech_timestamps, load_silero_vad
+
+        return load_silero_vad(), get_speech_timestamps
     except ImportError as exc:
         raise InvalidOptionError("--vad needs the silero-vad package: pip install silero-vad") from exc
-    return load_silero_vad()
+    finally:
+        # importing silero_vad sets torch to 1 thread (silero_vad/model.py), for the whole process: every
+        # transcription after it ran on one core
+        torch.set_num_threads(threads)
 
 
 def speech_regions(samples: np.ndarray, options: VadOptions) -> list[tuple[int, int]]:
     """The speech in `samples` (16 kHz) as (start, end) sample indices, padded, sorted, not overlapping."""
-    from silero_vad import get_speech_timestamps
-
+    model, get_speech_timestamps = _silero()
     if samples.shape[0] == 0:
         return []
     with torch.inference_mode():
         found = get_speech_timestamps(
             torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)),
-            _model(),
+            model,
             threshold=options.threshold,
             sampling_rate=SAMPLE_RATE,
             min_speech_duration_ms=options.min_speech_ms,

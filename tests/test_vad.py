@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from asr.audio_io import load_audio
 from asr.decoding import DecodingOptions
@@ -48,7 +49,9 @@ def test_a_minute_of_noise_is_skipped_and_the_times_after_it_are_the_inputs(spee
     samples = np.concatenate([first, noise, second])
     gap = (first.shape[0] / RATE + 0.5, (first.shape[0] + noise.shape[0]) / RATE - 0.5)
     options = TranscribeOptions(vad=VadOptions(), word_timestamps=True)
+    threads = torch.get_num_threads()
     result = transcribe(model, samples, DecodingOptions(language="en"), options)
+    assert torch.get_num_threads() == threads  # silero_vad's import sets 1 thread: put back
     assert result.stats.audio_skipped_s > 55 and result.stats.time_s.vad > 0
     assert result.duration_s == pytest.approx(samples.shape[0] / RATE)
     words = [w for s in result.segments for w in s.words or []]
