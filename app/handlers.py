@@ -28,6 +28,7 @@ from asr.errors import AsrError
 from asr.models import DEFAULT_MODEL, LoadedModel, list_models, load_model
 from asr.results import Transcript, TranscriptionResult
 from asr.transcribe import DEFAULT_TEMPERATURES, TranscribeOptions, transcribe
+from asr.vad import VadOptions
 from asr.writers import write_result
 
 from . import render
@@ -208,6 +209,7 @@ def transcribe_options(
     compare: bool,
     settings: AppSettings,
     word_timestamps: bool = False,
+    vad: bool = False,
 ) -> TranscribeOptions:
     """The page's long-form choices (raises InvalidOptionError for a temperature out of range)."""
     return TranscribeOptions(
@@ -215,6 +217,7 @@ def transcribe_options(
         initial_prompt=(initial_prompt or "").strip() or None,
         compare=bool(compare),
         word_timestamps=bool(word_timestamps),
+        vad=VadOptions() if vad else None,
         max_duration_s=settings.max_duration_s,
     )
 
@@ -277,6 +280,7 @@ def transcribe_audio(
     initial_prompt: str = "",
     seed: float = 0,
     word_timestamps: bool = False,
+    vad: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress bar
     *,
     settings: AppSettings | None = None,
@@ -287,7 +291,7 @@ def transcribe_audio(
     name = _display_name(path)
     try:
         options = decoding_options(draft, decoding, beam_size, language, task, timestamps, best_of, seed)
-        long_form = transcribe_options(temperature, initial_prompt, compare, settings, word_timestamps)
+        long_form = transcribe_options(temperature, initial_prompt, compare, settings, word_timestamps, vad)
         duration_s = audio_duration(path)  # from the header: a long file is refused before any decoding
         if duration_s > settings.max_duration_s:
             raise _fail(

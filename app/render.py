@@ -149,6 +149,11 @@ def figures_html(stats: RunStats, duration_s: float, language: str) -> str:
         + (f", k {stats.draft_k}" if stats.has_draft else "")
         + (", native step" if stats.draft_step == "native" else "")
         + f" · {mode}"
+        + (
+            f" · voice activity: {stats.audio_skipped_s:.1f} s without speech skipped"
+            if stats.audio_skipped_s
+            else ""
+        )
     )
     basis = SPEEDUP_KINDS.get(kind, "")
     return (

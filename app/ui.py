@@ -179,6 +179,9 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
                             label="Word timings (hover a word for its time)",
                             elem_id="word-timestamps",
                         )
+                        vad = gr.Checkbox(
+                            value=False, label="Skip non-speech (voice activity)", elem_id="vad"
+                        )
                     compare = gr.Checkbox(
                         value=True,
                         label="Also run the target alone: measure the speedup and confirm identical output",
@@ -225,6 +228,7 @@ def build_demo(settings: AppSettings | None = None, samples_dir: Path | None = S
                 initial_prompt,
                 seed,
                 word_timestamps,
+                vad,
             ],
             outputs=[transcript, figures, speculation, plot, segments, files],
             api_name="transcribe",

@@ -37,7 +37,7 @@ from .draft_factory import make_drafter
 from .drafting import Drafter, NoDraft, Proposal, TreeProposal, Window
 from .errors import InvalidOptionError
 from .models import LoadedModel
-from .results import Segment
+from .results import Result, Segment
 from .sampling import TokenChoice
 from .transcribe import SILENCE_PEAK, TranscribeOptions, _is_silence
 
@@ -217,23 +217,8 @@ class LiveStats:
 
 
 @dataclass
-class LiveResult:
+class LiveResult(Result[LiveStats]):
     """A finished stream as the writers take it (txt, srt, vtt, json), like a `TranscriptionResult`."""
-
-    text: str
-    language: str
-    segments: list[Segment]
-    duration_s: float
-    stats: LiveStats
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "language": self.language,
-            "duration_s": self.duration_s,
-            "segments": [asdict(s) for s in self.segments],
-            "stats": self.stats.to_dict(),
-        }
 
 
 @dataclass

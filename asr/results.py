@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from .figures import RunStats
+    from .figures import RunStats  # noqa: F401 - named as a string in TranscriptionResult's base
 
 
 @dataclass
@@ -39,18 +39,22 @@ class Segment:
     words: list[Word] | None = None  # with word timestamps (TranscribeOptions.word_timestamps)
 
 
-@dataclass
-class TranscriptionResult:
-    """What `transcribe()` returns once every segment is produced.
+class _Figures(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
 
-    `stats`: the run's figures (timings in seconds, passes, acceptance, speedup), asr/figures.py.
-    """
+
+S = TypeVar("S", bound=_Figures)
+
+
+@dataclass
+class Result(Generic[S]):
+    """A finished transcript: its text, language, segments, the audio's duration and the run's figures."""
 
     text: str
     language: str
     segments: list[Segment]
     duration_s: float
-    stats: RunStats
+    stats: S
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +64,14 @@ class TranscriptionResult:
             "segments": [asdict(s) for s in self.segments],
             "stats": self.stats.to_dict(),
         }
+
+
+@dataclass
+class TranscriptionResult(Result["RunStats"]):
+    """What `transcribe()` returns once every segment is produced.
+
+    `stats`: the run's figures (timings in seconds, passes, acceptance, speedup), asr/figures.py.
+    """
 
 
 class Transcript(Protocol):

@@ -34,23 +34,11 @@ from asr.decoding import DecodingOptions
 from asr.live import LiveOptions, LiveStream, replay, replay_clock
 from asr.models import load_model
 from asr.transcribe import TranscribeOptions, transcribe
-from benchmarks.machine import cpu_name
+from benchmarks.machine import machine, write_report
 from tests.util import wer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "speech" / "public" / "manifest.jsonl"
-FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in FLAGS if f in present]
-    except OSError:
-        pass
-    return []
 
 
 def clips(manifest: Path, min_duration: float) -> list[dict[str, Any]]:
@@ -121,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result), flush=True)
 
     report = {
-        "machine": {"cpu": cpu_name(), "flags": cpu_flags(), "platform": platform.platform()},
+        "machine": {**machine(), "platform": platform.platform()},
         "threads": torch.get_num_threads(),
         "model": args.model,
         "dtype": str(model.dtype).replace("torch.", ""),
@@ -148,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['accepted_from_draft']} | {r['wer_live']:.1%} / {r['wer_offline']:.1%} "
             f"({r['wer_offline_fallback']:.1%}) |"
         )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     return 0
 
 

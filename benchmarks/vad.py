@@ -24,8 +24,7 @@ from asr.decoding import DecodingOptions
 from asr.models import load_model
 from asr.transcribe import TranscribeOptions, transcribe
 from asr.vad import VadOptions
-from benchmarks.live import cpu_flags
-from benchmarks.machine import cpu_name
+from benchmarks.machine import machine, write_report
 
 SPEECH = Path(__file__).resolve().parent.parent.parent / "shared" / "speech" / "public"
 
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             results[vad] = transcribe(model, samples, options, settings[vad])
             times[vad].append(time.perf_counter() - started)
     report = {
-        "machine": {"cpu": cpu_name(), "flags": cpu_flags()},
+        "machine": machine(),
         "threads": torch.get_num_threads(),
         "model": args.model,
         "duration_s": samples.shape[0] / 16000,
@@ -70,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     return 0
 
 

@@ -29,8 +29,7 @@ from asr.decoding import DecodingOptions
 from asr.models import load_model
 from asr.timing import ALIGNMENT_HEADS, find_alignment
 from asr.transcribe import TranscribeOptions, transcribe
-from benchmarks.live import cpu_flags
-from benchmarks.machine import cpu_name
+from benchmarks.machine import machine, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "speech" / "public" / "manifest.jsonl"
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     diffs_ms = np.array(differences) * 1000
     report = {
-        "machine": {"cpu": cpu_name(), "flags": cpu_flags()},
+        "machine": machine(),
         "threads": torch.get_num_threads(),
         "model": args.model,
         "clips": len(with_words),
@@ -144,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({cost['without']:.2f} -> {cost['with']:.2f} s); "
         f"their stage is {cost['words_stage'] / cost['with']:.1%}"
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     return 0
 
 

@@ -535,6 +535,9 @@ def test_word_timings_reach_the_page_as_words_with_their_times(on_tiny_model):
     assert outputs.segments.count('class="asr-word"') >= 1 and "→" in outputs.segments
     outputs = transcribe_audio(str(clip), compare=False)
     assert calls[-1][1].word_timestamps is False and "asr-word" not in outputs.segments
+    assert calls[-1][1].vad is None
+    transcribe_audio(str(clip), compare=False, vad=True)
+    assert calls[-1][1].vad is not None
 
 
 def test_temperature_zero_is_the_output_of_before_and_the_schedule_marks_its_fallbacks(
@@ -721,7 +724,23 @@ def test_api_refuses_a_remote_url_as_input_before_fetching_it(monkeypatch):
         "url": "https://example.com/a.wav",
         "meta": {"_type": "gradio.FileData"},
     }
-    inputs = [remote, "base", "self", GREEDY, 5, "auto", "transcribe", True, False, "0", 5, "", 0, False]
+    inputs = [
+        remote,
+        "base",
+        "self",
+        GREEDY,
+        5,
+        "auto",
+        "transcribe",
+        True,
+        False,
+        "0",
+        5,
+        "",
+        0,
+        False,
+        False,
+    ]
     with running_app(AppSettings()) as url:
         base = url.rstrip("/")
         response = httpx.post(f"{base}/gradio_api/call/transcribe", json={"data": inputs}, timeout=30)
