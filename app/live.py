@@ -74,13 +74,8 @@ class LiveSession:
     a slow update makes the next one longer, never lost."""
 
     def __init__(self, stream: LiveStream, model_name: str, draft: str, rate: int, slots: LiveSlots) -> None:
-        self.stream, self.model_name, self.draft, self.rate, self.slots = (
-            stream,
-            model_name,
-            draft,
-            rate,
-            slots,
-        )
+        self.stream, self.model_name, self.draft = stream, model_name, draft
+        self.rate, self.slots = rate, slots
         self.resampler = (
             None
             if rate == SAMPLE_RATE
