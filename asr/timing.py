@@ -14,6 +14,7 @@ Alignment heads: openai's published masks for the bundled models; a Hugging Face
 
 from __future__ import annotations
 
+import itertools
 import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
@@ -39,6 +40,7 @@ ALIGNMENT_HEADS: dict[str, tuple[tuple[int, int], ...]] = {
 }
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
+SENTENCE_ENDS = ".。!！?？"
 # Written without spaces between words: split into words by characters (openai's rule)
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 
@@ -281,22 +283,80 @@ def add_word_timestamps(
     language: str | None,
     task: str = "transcribe",
     cross: CrossKV | None = None,
-) -> None:
+    last_speech: float = 0.0,
+) -> float:
     """Set `words` on a window's segments (times on the audio's timeline: `time_offset` is the window's
-    start), each word inside its segment."""
+    start), with openai's adjustments: a word is at most twice the median word duration (0.7 s at most)
+    at a sentence end and as the first words after a pause (`last_speech`: where the speech before this
+    window ended), and a segment's bounds move to its words unless a first or last word overruns the
+    segment's own timestamp by over 0.5 s, which the word then gives up. Returns where this window's
+    last word ends (`last_speech` for the next window)."""
     eot = model.tokenizer.eot
     per_segment = [[t for t in s.tokens if t < eot] for s in segments]
     text_tokens = [t for tokens in per_segment for t in tokens]
-    words = merge_punctuations(find_alignment(model, features, text_tokens, n_frames, language, task, cross))
-    consumed = placed = k = 0
+    alignment = find_alignment(model, features, text_tokens, n_frames, language, task, cross)
+    durations = [w.end - w.start for w in alignment if w.end - w.start != 0]
+    median = min(0.7, float(np.median(durations))) if durations else 0.0
+    longest = 2 * median
+    if durations:
+        for previous, word in itertools.pairwise(alignment):
+            if word.end - word.start > longest:
+                if word.word in SENTENCE_ENDS:
+                    word.end = word.start + longest
+                elif previous.word in SENTENCE_ENDS:
+                    word.start = word.end - longest
+    timed = merge_punctuations(alignment)
+    k = 0
+    speech_end = last_speech
     for segment, tokens in zip(segments, per_segment, strict=True):
-        consumed += len(tokens)
-        segment.words = []
-        # a word belongs to the segment its last token is in
-        while k < len(words) and placed + len(words[k].tokens) <= consumed:
-            word = words[k]
-            start = round(max(time_offset + word.start, segment.start), 3)
-            end = round(min(max(time_offset + word.end, start), segment.end), 3)
-            segment.words.append(Word(word.word, min(start, end), end, round(word.probability, 4)))
-            placed += len(word.tokens)
+        words: list[dict[str, float | str]] = []
+        n_tokens = 0
+        while k < len(timed) and n_tokens < len(tokens):  # openai's rule: until the segment's tokens are had
+            w = timed[k]
+            words.append(
+                {
+                    "word": w.word,
+                    "start": round(time_offset + w.start, 2),
+                    "end": round(time_offset + w.end, 2),
+                    "probability": w.probability,
+                }
+            )
+            n_tokens += len(w.tokens)
             k += 1
+        if words:
+            _adjust_bounds(segment, words, last_speech, median, longest)
+            last_speech, speech_end = segment.end, float(words[-1]["end"])
+        segment.words = [
+            Word(str(w["word"]), float(w["start"]), float(w["end"]), round(float(w["probability"]), 4))
+            for w in words
+        ]
+    return speech_end
+
+
+def _adjust_bounds(
+    segment: Segment, words: list[dict[str, float | str]], last_speech: float, median: float, longest: float
+) -> None:
+    first, last = words[0], words[-1]
+
+    def t(word: dict[str, float | str], key: str) -> float:
+        return float(word[key])
+
+    # the first (and second) word after a pause: no longer than twice the median
+    second_long = len(words) > 1 and t(words[1], "end") - t(first, "start") > 2 * longest
+    if t(first, "end") - last_speech > 4 * median and (
+        t(first, "end") - t(first, "start") > longest or second_long
+    ):
+        if len(words) > 1 and t(words[1], "end") - t(words[1], "start") > longest:
+            boundary = max(t(words[1], "end") / 2, t(words[1], "end") - longest)
+            first["end"] = words[1]["start"] = boundary
+        first["start"] = max(0.0, t(first, "end") - longest)
+    # a first word starting over 0.5 s before the segment's own start: cut back to it
+    if segment.start < t(first, "end") and segment.start - 0.5 > t(first, "start"):
+        first["start"] = max(0.0, min(t(first, "end") - median, segment.start))
+    else:
+        segment.start = t(first, "start")
+    # a last word ending over 0.5 s after the segment's own end: cut back to it
+    if segment.end > t(last, "start") and segment.end + 0.5 < t(last, "end"):
+        last["end"] = max(t(last, "start") + median, segment.end)
+    else:
+        segment.end = t(last, "end")

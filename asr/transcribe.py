@@ -356,6 +356,7 @@ def _segments(
     initial_prompt = transcribe_options.initial_prompt
     all_tokens = tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
     prompt_reset_since = 0  # the prompt is the text since here (openai's rule)
+    last_speech = 0.0  # with word timings: where the last word so far ends
     next_id = 0
     while seek < content_frames:
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
@@ -416,7 +417,7 @@ def _segments(
             next_id += 1
         if transcribe_options.word_timestamps and window_segments:
             started = time.perf_counter()
-            add_word_timestamps(
+            last_speech = add_word_timestamps(
                 model,
                 features,
                 window_segments,
@@ -425,6 +426,7 @@ def _segments(
                 options.language,
                 options.task,
                 cross,
+                last_speech,
             )
             stats.time_s.words += time.perf_counter() - started
         yield from window_segments

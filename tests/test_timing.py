@@ -156,7 +156,7 @@ def test_words_through_transcribe_are_ordered_inside_their_segments_and_draft_in
         assert segment.words, segment
         assert "".join(w.word for w in segment.words) == segment.text
         for w in segment.words:
-            assert segment.start <= w.start <= w.end <= segment.end
+            assert segment.start - 1e-9 <= w.start <= w.end <= segment.end + 1e-9
             assert w.start >= previous_end - 1e-9  # monotone, no overlap
             assert 0 <= w.probability <= 1
             previous_end = w.end
@@ -248,3 +248,42 @@ def _sonnet_with_words(base, speech_dir):
 def test_subtitle_options_need_word_timings(capsys, speech_dir):
     code = cli.main(["transcribe", str(speech_dir / JFK), "--max-line-width", "20", "--server", "off"])
     assert code == 2 and "--word-timestamps" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", ["audio/mfa_spontaneous/acoustic_corpus.wav", JFK])
+def test_word_and_segment_times_equal_openai_whispers_add_word_timestamps(base, speech_dir, clip):
+    """openai's adjustments too (long words at sentence ends and after pauses, segment bounds moved to the
+    words): its `timing.add_word_timestamps` on the same weights, segments and window."""
+    pytest.importorskip("whisper", reason="openai-whisper is not installed (see .ci/run)")
+    import whisper
+    import whisper.timing
+    import whisper.tokenizer
+
+    from tests.reference import to_openai_whisper
+
+    samples = load_audio(speech_dir / clip)[:N_SAMPLES]
+    options = DecodingOptions(language="en")
+    plain = transcribe(base, samples, options, TranscribeOptions(temperature=0.0))
+    ours = transcribe(base, samples, options, TranscribeOptions(temperature=0.0, word_timestamps=True))
+    mel = LogMelWindows(base.dims.n_mels, padding=N_SAMPLES)
+    mel.add(samples)
+    window = mel.finish().window(0, N_FRAMES)
+    reference = to_openai_whisper(base)
+    reference.set_alignment_heads(whisper._ALIGNMENT_HEADS["base"])
+    tokenizer = whisper.tokenizer.get_tokenizer(True, num_languages=reference.num_languages, language="en")
+    theirs = [{"seek": 0, "start": s.start, "end": s.end, "tokens": s.tokens} for s in plain.segments]
+    whisper.timing.add_word_timestamps(
+        segments=theirs,
+        model=reference,
+        tokenizer=tokenizer,
+        mel=window,
+        num_frames=samples.shape[0] // 160,
+        last_speech_timestamp=0.0,
+    )
+    assert len(ours.segments) == len(theirs) > 1
+    for a, b in zip(ours.segments, theirs, strict=True):
+        assert (a.start, a.end) == pytest.approx((b["start"], b["end"]), abs=1e-6)
+        assert [w.word for w in a.words or []] == [w["word"] for w in b["words"]]
+        for w, v in zip(a.words or [], b["words"], strict=True):
+            assert abs(w.start - v["start"]) < 1e-6 and abs(w.end - v["end"]) < 1e-6, (w, v)
