@@ -39,12 +39,11 @@ from .errors import InvalidOptionError
 from .models import LoadedModel
 from .results import Result, Segment
 from .sampling import TokenChoice
+from .timing import UNSPACED_LANGUAGES
 from .transcribe import SILENCE_PEAK, TranscribeOptions, _is_silence
 
 MAX_BUFFER_S = N_SAMPLES / SAMPLE_RATE  # one window
 REWRITE_SLACK = 4  # a hypothesis may rewrite committed text this many tokens longer or shorter
-# Written without spaces between words (openai-whisper's timing.py splits these by characters, not spaces)
-UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 LOOKUP_NGRAM = 2  # after a mismatch, the hypothesis is found again by the last this many tokens
 
 
