@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import string
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -25,12 +26,11 @@ import torch.nn.functional as F
 
 from .audio import TIME_PRECISION
 from .model import CrossKV, DecoderBlock
+from .results import Word
 
 if TYPE_CHECKING:
     from .models import LoadedModel
     from .results import Segment
-
-from .results import Word
 
 MEDIAN_FILTER_WIDTH = 7
 # openai-whisper's published alignment heads (layer, head) of the models bundled here
@@ -198,9 +198,16 @@ def find_alignment(
     heads = alignment_heads(model)
     layers = sorted({layer for layer, _ in heads})
     queries: dict[int, torch.Tensor] = {}
+    caller = threading.get_ident()
+
+    def keep(layer: int, output: torch.Tensor) -> None:
+        # The model is shared (the app decodes for several users at once): only this thread's pass counts.
+        if threading.get_ident() == caller:
+            queries[layer] = output
+
     hooks = [
         cast(DecoderBlock, decoder.blocks[layer]).cross_attn.q.register_forward_hook(
-            lambda _module, _inputs, output, layer=layer: queries.__setitem__(layer, output)
+            lambda _module, _inputs, output, layer=layer: keep(layer, output)
         )
         for layer in layers
     ]
@@ -219,9 +226,8 @@ def find_alignment(
             stacked = torch.stack(weights).softmax(dim=-1)
             std, mean = torch.std_mean(stacked, dim=-2, keepdim=True, unbiased=False)
             stacked = median_filter((stacked - mean) / std, MEDIAN_FILTER_WIDTH)
-            matrix = stacked.mean(dim=0)[
-                len(sot_sequence) : -1
-            ]  # from <|notimestamps|> to the last text token
+            # rows from <|notimestamps|> (which predicts the first text token) to the last text token
+            matrix = stacked.mean(dim=0)[len(sot_sequence) : -1]
             start = len(sot_sequence) + 1
             probs = logits[start - 1 : start - 1 + len(text_tokens), : tokenizer.eot].float().softmax(dim=-1)
             token_probs = probs[torch.arange(len(text_tokens)), torch.tensor(text_tokens)].tolist()

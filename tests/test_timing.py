@@ -287,3 +287,42 @@ def test_word_and_segment_times_equal_openai_whispers_add_word_timestamps(base, 
         assert [w.word for w in a.words or []] == [w["word"] for w in b["words"]]
         for w, v in zip(a.words or [], b["words"], strict=True):
             assert abs(w.start - v["start"]) < 1e-6 and abs(w.end - v["end"]) < 1e-6, (w, v)
+
+
+@pytest.mark.slow
+def test_another_threads_pass_during_the_alignment_does_not_leak_into_it(base, speech_dir):
+    """The alignment reads the shared model's cross-attention through hooks: a pass by another thread
+    through the same modules (the app serves several users) while it runs must not reach them. The other
+    pass is made to happen at the worst moment: after every layer's queries were kept, before their use."""
+    import threading
+
+    samples = load_audio(speech_dir / JFK)[:N_SAMPLES]
+    mel = LogMelWindows(base.dims.n_mels, padding=N_SAMPLES)
+    mel.add(samples)
+    window = mel.finish().window(0, N_FRAMES)
+    with torch.inference_mode():
+        features = base.model.encoder(window.unsqueeze(0))
+    tokens = base.tokenizer.encode(" And so my fellow Americans, ask not what your country can do for you.")
+    n_frames = samples.shape[0] // 160
+    alone = find_alignment(base, features, tokens, n_frames, "en")
+    decoder = base.model.decoder
+
+    def other_pass() -> None:
+        with torch.inference_mode():
+            decoder(torch.tensor([[base.tokenizer.sot, 100, 200, 300]]), decoder.new_cache(features, 1))
+
+    def meanwhile(_module, _inputs, _output) -> None:
+        if threading.current_thread() is threading.main_thread() and not meanwhile.done:
+            meanwhile.done = True
+            thread = threading.Thread(target=other_pass)
+            thread.start()
+            thread.join()
+
+    meanwhile.done = False
+    hook = decoder.ln.register_forward_hook(meanwhile)
+    try:
+        together = find_alignment(base, features, tokens, n_frames, "en")
+    finally:
+        hook.remove()
+    assert meanwhile.done
+    assert together == alone
