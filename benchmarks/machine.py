@@ -6,15 +6,20 @@ import platform
 from pathlib import Path
 
 
-def cpu_name() -> str:
-    """The CPU's model name (e.g. "AMD EPYC 9R14"), or the platform's guess where /proc is missing."""
+def _cpuinfo(field: str) -> str | None:
+    """The first value of `field` in /proc/cpuinfo, or None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (e.g. "AMD EPYC 9R14"), or the platform's guess where /proc is missing."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 # The CPU features that choose a fast path (AVX-512, its BF16 and VNNI products, Intel's AMX)
@@ -23,14 +28,8 @@ FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 
 def cpu_flags() -> list[str]:
     """Which of FLAGS this CPU has (from /proc/cpuinfo; empty where it is missing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in FLAGS if f in present]
-    except OSError:
-        pass
-    return []
+    present = set((_cpuinfo("flags") or "").split())
+    return [f for f in FLAGS if f in present]
 
 
 def machine() -> dict[str, object]:

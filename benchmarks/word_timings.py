@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asr.audio import N_FRAMES, N_SAMPLES, LogMelWindows
+from asr.audio import N_SAMPLES
 from asr.audio_io import load_audio
 from asr.decoding import DecodingOptions
 from asr.models import load_model
 from asr.timing import ALIGNMENT_HEADS, find_alignment
 from asr.transcribe import TranscribeOptions, transcribe
 from benchmarks.machine import machine, write_report
+from benchmarks.sampling import first_window
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "speech" / "public" / "manifest.jsonl"
@@ -79,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         options = DecodingOptions(language=language)
         # agreement, on the first window
         window_samples = samples[:N_SAMPLES]
-        mel = LogMelWindows(model.dims.n_mels, padding=N_SAMPLES)
-        mel.add(window_samples)
-        mel_window = mel.finish().window(0, N_FRAMES)
-        with torch.inference_mode():
-            features = model.model.encoder(mel_window.unsqueeze(0))
+        mel_window, features = first_window(model, window_samples)
         result = transcribe(model, window_samples, options, TranscribeOptions(temperature=0.0))
         tokens = [t for s in result.segments for t in s.tokens if t < model.tokenizer.eot]
         n_frames = window_samples.shape[0] // 160

@@ -22,6 +22,15 @@ from asr.transcribe import TranscribeOptions, transcribe
 JFK = "audio/jfk/jfk.wav"
 
 
+def first_window(model, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-mel of `samples`' first 30-s window and the model's encoder output for it."""
+    mel = LogMelWindows(model.dims.n_mels, padding=N_SAMPLES)
+    mel.add(samples)
+    window = mel.finish().window(0, N_FRAMES)
+    with torch.inference_mode():
+        return window, model.model.encoder(window.unsqueeze(0))
+
+
 def dtw_reference(x: np.ndarray) -> tuple[list[int], list[int]]:
     """openai-whisper's dtw_cpu, written out cell by cell."""
     n, m = x.shape
@@ -121,11 +130,7 @@ def test_word_times_equal_openai_whispers_alignment_on_the_same_weights(base, sp
     from tests.reference import to_openai_whisper
 
     samples = load_audio(speech_dir / clip)[:N_SAMPLES]
-    mel = LogMelWindows(base.dims.n_mels, padding=N_SAMPLES)
-    mel.add(samples)
-    window = mel.finish().window(0, N_FRAMES)
-    with torch.inference_mode():
-        features = base.model.encoder(window.unsqueeze(0))
+    window, features = first_window(base, samples)
     result = transcribe(base, samples, DecodingOptions(language=language), temperature=0.0)
     tokens = [t for s in result.segments for t in s.tokens if t < base.tokenizer.eot]
     n_frames = samples.shape[0] // 160
@@ -266,9 +271,7 @@ def test_word_and_segment_times_equal_openai_whispers_add_word_timestamps(base, 
     options = DecodingOptions(language="en")
     plain = transcribe(base, samples, options, TranscribeOptions(temperature=0.0))
     ours = transcribe(base, samples, options, TranscribeOptions(temperature=0.0, word_timestamps=True))
-    mel = LogMelWindows(base.dims.n_mels, padding=N_SAMPLES)
-    mel.add(samples)
-    window = mel.finish().window(0, N_FRAMES)
+    window, _ = first_window(base, samples)
     reference = to_openai_whisper(base)
     reference.set_alignment_heads(whisper._ALIGNMENT_HEADS["base"])
     tokenizer = whisper.tokenizer.get_tokenizer(True, num_languages=reference.num_languages, language="en")
@@ -297,11 +300,7 @@ def test_another_threads_pass_during_the_alignment_does_not_leak_into_it(base, s
     import threading
 
     samples = load_audio(speech_dir / JFK)[:N_SAMPLES]
-    mel = LogMelWindows(base.dims.n_mels, padding=N_SAMPLES)
-    mel.add(samples)
-    window = mel.finish().window(0, N_FRAMES)
-    with torch.inference_mode():
-        features = base.model.encoder(window.unsqueeze(0))
+    _, features = first_window(base, samples)
     tokens = base.tokenizer.encode(" And so my fellow Americans, ask not what your country can do for you.")
     n_frames = samples.shape[0] // 160
     alone = find_alignment(base, features, tokens, n_frames, "en")
